@@ -1,0 +1,16 @@
+# GoogleTest and Google Benchmark come from the system (Debian: libgtest-dev, libbenchmark-dev).
+if(DEFER_BUILD_TESTS)
+  find_package(GTest CONFIG QUIET)
+  if(NOT GTest_FOUND)
+    message(FATAL_ERROR "defer: GoogleTest not found. Install it (Debian: apt-get install libgtest-dev), "
+                        "point CMAKE_PREFIX_PATH at it, or configure with -DDEFER_BUILD_TESTS=OFF.")
+  endif()
+  include(GoogleTest)
+endif()
+if(DEFER_BUILD_BENCH)
+  find_package(benchmark CONFIG QUIET)
+  if(NOT benchmark_FOUND)
+    message(FATAL_ERROR "defer: Google Benchmark not found. Install it (Debian: apt-get install libbenchmark-dev), "
+                        "point CMAKE_PREFIX_PATH at it, or configure with -DDEFER_BUILD_BENCH=OFF.")
+  endif()
+endif()

@@ -1,0 +1,9 @@
+#pragma once
+// The umbrella header: everything in API.md.
+#include <defer/await.hpp>
+#include <defer/device.hpp>
+#include <defer/errors.hpp>
+#include <defer/memory.hpp>
+#include <defer/stats.hpp>
+#include <defer/stream.hpp>
+#include <defer/tensor.hpp>

@@ -1,0 +1,71 @@
+#pragma once
+// Tensors (API.md section 3): a copyable handle to a dense, contiguous, row-major buffer on one
+// device. Copies share storage. Storage comes from the stream-ordered caching allocator.
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <defer/device.hpp>
+#include <defer/stream.hpp>
+
+namespace defer {
+
+enum class DType { f32, i32 };
+using Shape = std::vector<int64_t>;
+
+std::size_t dtype_size(DType t) noexcept;
+const char* dtype_name(DType t) noexcept;  // "f32", "i32"
+std::string shape_str(const Shape& s);     // "[2, 3]"
+
+namespace detail {
+struct TensorImpl;
+}
+
+class Tensor {
+ public:
+  Tensor() = default;  // undefined tensor
+  bool defined() const noexcept { return impl_ != nullptr; }
+
+  // The accessors below throw std::logic_error on an undefined tensor.
+  const Shape& shape() const;
+  int64_t dim() const;
+  int64_t numel() const;
+  DType dtype() const;
+  Device device() const;
+  std::size_t nbytes() const;
+  const void* data_ptr() const;  // device address on cuda; nullptr when numel() == 0
+  void* data_ptr();
+
+  // For the runtime's own layers.
+  explicit Tensor(std::shared_ptr<detail::TensorImpl> impl) noexcept : impl_(std::move(impl)) {}
+  const std::shared_ptr<detail::TensorImpl>& impl() const noexcept { return impl_; }
+
+ private:
+  const detail::TensorImpl& checked(const char* what) const;
+  std::shared_ptr<detail::TensorImpl> impl_;
+};
+
+// Uninitialized storage allocated on the current stream of `device`.
+Tensor empty(Shape shape, DType dtype = DType::f32, Device device = default_device());
+// Every element set to `value` (converted to dtype), queued on the current stream of `device`.
+Tensor full(Shape shape, float value, DType dtype = DType::f32, Device device = default_device());
+// Copies host values into a new f32 tensor; the copy is queued on the current stream of `device`.
+Tensor from_vector(const std::vector<float>& values, Shape shape, Device device = default_device());
+// Typed variant: T is float (f32) or int32_t (i32).
+template <class T>
+Tensor from_host(const std::vector<T>& values, Shape shape, Device device = default_device());
+
+// f32 copy to host (i32 values are converted); completes the work queued on the current stream
+// of t's device first.
+std::vector<float> to_vector(const Tensor& t);
+// Exact copy to host; T must match t's dtype (float for f32, int32_t for i32).
+template <class T>
+std::vector<T> to_host(const Tensor& t);
+
+// Marks t's storage as used by work queued on `s` (a stream other than the one that allocated it),
+// so that its memory is not reused until that work has finished: the recordStream rule.
+void record_stream(const Tensor& t, const Stream& s);
+
+}  // namespace defer

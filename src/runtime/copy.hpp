@@ -1,0 +1,18 @@
+#pragma once
+// Byte copies between host memory and any device, queued on a stream.
+#include <cstddef>
+#include <memory>
+#include <vector>
+
+#include "runtime/stream_impl.hpp"
+
+namespace defer::detail {
+
+// Copies `bytes` from device memory or host memory `src` to `dst`, queued on `stream`. Both
+// pointers must stay valid until the copy has run (the caller orders that, as with kernels).
+void copy_async(void* dst, const void* src, std::size_t bytes, StreamImpl& stream);
+// Copies host bytes that the caller may release at once: the CPU backend keeps its own copy until
+// the task runs; cudaMemcpyAsync from pageable memory stages the bytes before returning.
+void copy_from_host_async(void* dst, std::shared_ptr<const std::vector<unsigned char>> host, StreamImpl& stream);
+
+}  // namespace defer::detail

@@ -1,0 +1,51 @@
+#pragma once
+// The CUDA backend's stream and event: RAII over cudaStream_t and cudaEvent_t. Streams created by
+// Stream::create are non-blocking, so they never synchronize implicitly with the default stream
+// (the same semantics as the CPU backend's independent queues). Events are timing-disabled and
+// recycled through a per-device free list, since creating one costs more than recording one.
+#include <cuda_runtime_api.h>
+
+#include <memory>
+
+#include "runtime/stream_impl.hpp"
+
+namespace defer::detail {
+
+class CudaEvent final : public EventImpl {
+ public:
+  explicit CudaEvent(int device);  // takes an event from the device's free list
+  ~CudaEvent() override;           // gives it back
+  bool query() const override;
+  void synchronize() const override;
+  cudaEvent_t handle() const noexcept { return event_; }
+  int device() const noexcept { return device_; }
+
+ private:
+  cudaEvent_t event_ = nullptr;
+  int device_;
+};
+
+class CudaStream final : public StreamImpl {
+ public:
+  // owned: a stream of our own (destroyed with this object); otherwise the device's default stream.
+  CudaStream(int device, bool owned);
+  ~CudaStream() override;
+
+  void synchronize() override;
+  bool query() override;
+  std::shared_ptr<EventImpl> record() override;
+  void wait(const std::shared_ptr<EventImpl>& e) override;
+  void* native_handle() const noexcept override { return stream_; }
+  cudaStream_t handle() const noexcept { return stream_; }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+  bool owned_;
+};
+
+inline cudaStream_t cuda_handle(const StreamImpl& s) { return static_cast<cudaStream_t>(s.native_handle()); }
+
+// The number of usable devices; on failure 0 and `reason` says why (the CUDA error's name).
+int probe_cuda_devices(std::string& reason) noexcept;
+
+}  // namespace defer::detail

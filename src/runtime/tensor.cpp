@@ -1,0 +1,172 @@
+// Tensor handles, creation and host copies.
+#include <defer/tensor.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <type_traits>
+
+#include "cpu/fill.hpp"
+#include "runtime/copy.hpp"
+#include "runtime/cpu/cpu_stream.hpp"
+#include "runtime/tensor_impl.hpp"
+#ifdef DEFER_HAVE_CUDA
+#include "cuda/launch.hpp"
+#include "runtime/cuda/cuda_device_guard.hpp"
+#include "runtime/cuda/cuda_stream.hpp"
+#endif
+
+namespace defer {
+
+std::size_t dtype_size(DType) noexcept { return 4; }  // f32 and i32
+
+const char* dtype_name(DType t) noexcept { return t == DType::f32 ? "f32" : "i32"; }
+
+std::string shape_str(const Shape& s) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+namespace detail {
+
+int64_t checked_numel(const Shape& shape, DType dtype, const char* op) {
+  int64_t n = 1;
+  for (int64_t extent : shape) {
+    if (extent < 0) throw std::invalid_argument(std::string(op) + ": negative extent in shape " + shape_str(shape));
+    if (__builtin_mul_overflow(n, extent, &n))
+      throw std::invalid_argument(std::string(op) + ": the element count of shape " + shape_str(shape) + " overflows int64");
+  }
+  int64_t bytes = 0;
+  if (__builtin_mul_overflow(n, static_cast<int64_t>(dtype_size(dtype)), &bytes))
+    throw std::invalid_argument(std::string(op) + ": the byte size of shape " + shape_str(shape) + " overflows int64");
+  return n;
+}
+
+Tensor allocate_tensor(Shape shape, DType dtype, StreamImpl& stream, const char* op) {
+  const int64_t numel = checked_numel(shape, dtype, op);
+  auto impl = std::make_shared<TensorImpl>(TensorImpl{std::move(shape), numel, dtype, stream.device(), nullptr});
+  if (numel > 0) {
+    auto& pool = pool_for(stream.device());
+    impl->storage = std::make_shared<Allocation>(pool, pool.allocate(impl->nbytes(), stream));
+  }
+  return Tensor(std::move(impl));
+}
+
+}  // namespace detail
+
+const detail::TensorImpl& Tensor::checked(const char* what) const {
+  if (!impl_) throw std::logic_error(std::string("Tensor::") + what + ": the tensor is undefined");
+  return *impl_;
+}
+
+const Shape& Tensor::shape() const { return checked("shape").shape; }
+int64_t Tensor::dim() const { return static_cast<int64_t>(checked("dim").shape.size()); }
+int64_t Tensor::numel() const { return checked("numel").numel; }
+DType Tensor::dtype() const { return checked("dtype").dtype; }
+Device Tensor::device() const { return checked("device").device; }
+std::size_t Tensor::nbytes() const { return checked("nbytes").nbytes(); }
+const void* Tensor::data_ptr() const { return checked("data_ptr").data(); }
+void* Tensor::data_ptr() { return checked("data_ptr").data(); }
+
+Tensor empty(Shape shape, DType dtype, Device device) {
+  return detail::allocate_tensor(std::move(shape), dtype, *detail::current_stream_impl(device), "empty");
+}
+
+Tensor full(Shape shape, float value, DType dtype, Device device) {
+  if (dtype == DType::i32 && !(value >= -2147483648.0f && value < 2147483648.0f))
+    throw std::invalid_argument("full: " + std::to_string(value) + " is not representable as i32");
+  auto& stream = *detail::current_stream_impl(device);
+  Tensor t = detail::allocate_tensor(std::move(shape), dtype, stream, "full");
+  if (t.numel() == 0) return t;
+  void* data = t.data_ptr();
+  const int64_t n = t.numel();
+#ifdef DEFER_HAVE_CUDA
+  if (device.is_cuda()) {
+    detail::CudaDeviceGuard guard(device.index());
+    kernels::cuda::fill(data, n, dtype, value, detail::cuda_handle(stream));
+    return t;
+  }
+#endif
+  detail::enqueue_cpu(stream, [data, n, dtype, value] { kernels::cpu::fill(data, n, dtype, value); });
+  return t;
+}
+
+namespace {
+
+template <class T>
+constexpr DType dtype_of() {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, std::int32_t>, "T must be float or int32_t");
+  return std::is_same_v<T, float> ? DType::f32 : DType::i32;
+}
+
+template <class T>
+Tensor upload(const std::vector<T>& values, Shape shape, Device device, const char* op) {
+  constexpr DType dtype = dtype_of<T>();
+  const int64_t numel = detail::checked_numel(shape, dtype, op);
+  if (static_cast<int64_t>(values.size()) != numel) {
+    throw std::invalid_argument(std::string(op) + ": " + std::to_string(values.size()) + " values do not fill shape " +
+                                shape_str(shape) + " (" + std::to_string(numel) + " elements)");
+  }
+  auto& stream = *detail::current_stream_impl(device);
+  Tensor t = detail::allocate_tensor(std::move(shape), dtype, stream, op);
+  if (numel == 0) return t;
+  auto bytes = std::make_shared<std::vector<unsigned char>>(t.nbytes());
+  std::memcpy(bytes->data(), values.data(), bytes->size());
+  detail::copy_from_host_async(t.data_ptr(), std::move(bytes), stream);
+  return t;
+}
+
+// Copies t to the host on the current stream of its device and waits for it (and so for every
+// earlier piece of work queued on that stream).
+void download(const Tensor& t, void* out, const char* op) {
+  if (!t.defined()) throw std::invalid_argument(std::string(op) + ": the tensor is undefined");
+  auto& stream = *detail::current_stream_impl(t.device());
+  detail::copy_async(out, t.data_ptr(), t.nbytes(), stream);
+  stream.synchronize();
+}
+
+}  // namespace
+
+Tensor from_vector(const std::vector<float>& values, Shape shape, Device device) {
+  return upload(values, std::move(shape), device, "from_vector");
+}
+
+template <class T>
+Tensor from_host(const std::vector<T>& values, Shape shape, Device device) {
+  return upload(values, std::move(shape), device, "from_host");
+}
+template Tensor from_host<float>(const std::vector<float>&, Shape, Device);
+template Tensor from_host<std::int32_t>(const std::vector<std::int32_t>&, Shape, Device);
+
+std::vector<float> to_vector(const Tensor& t) {
+  if (t.defined() && t.dtype() == DType::i32) {
+    auto ints = to_host<std::int32_t>(t);
+    return std::vector<float>(ints.begin(), ints.end());
+  }
+  std::vector<float> out(t.defined() ? static_cast<std::size_t>(t.numel()) : 0);
+  download(t, out.data(), "to_vector");
+  return out;
+}
+
+template <class T>
+std::vector<T> to_host(const Tensor& t) {
+  if (t.defined() && t.dtype() != dtype_of<T>()) {
+    throw std::invalid_argument(std::string("to_host: the tensor is ") + dtype_name(t.dtype()) + ", not " +
+                                dtype_name(dtype_of<T>()));
+  }
+  std::vector<T> out(t.defined() ? static_cast<std::size_t>(t.numel()) : 0);
+  download(t, out.data(), "to_host");
+  return out;
+}
+template std::vector<float> to_host<float>(const Tensor&);
+template std::vector<std::int32_t> to_host<std::int32_t>(const Tensor&);
+
+void record_stream(const Tensor& t, const Stream& s) {
+  if (!t.defined()) throw std::invalid_argument("record_stream: the tensor is undefined");
+  if (!(s.device() == t.device()))
+    throw std::invalid_argument("record_stream: the tensor is on " + t.device().str() + ", the stream on " + s.device().str());
+  if (t.impl()->storage) t.impl()->storage->record_use(s.impl());
+}
+
+}  // namespace defer
