@@ -249,7 +249,9 @@ TEST_F(Allocator, ConcurrentAllocationFromManyThreads) {
       StreamGuard g(s);
       for (int k = 0; k < 200; ++k) {
         Tensor t = full({64 + (k % 7) * 100 + i}, static_cast<float>(k), DType::f32, cpu);
-        if (k % 50 == 0) EXPECT_EQ(to_vector(t)[0], static_cast<float>(k));
+        if (k % 50 == 0) {
+          EXPECT_EQ(to_vector(t)[0], static_cast<float>(k));
+        }
       }
       s.synchronize();
     });
