@@ -4,6 +4,8 @@
 #include <defer/device.hpp>
 #include <defer/errors.hpp>
 #include <defer/memory.hpp>
+#include <defer/mode.hpp>
+#include <defer/ops.hpp>
 #include <defer/stats.hpp>
 #include <defer/stream.hpp>
 #include <defer/tensor.hpp>

@@ -34,4 +34,17 @@ void copy_from_host_async(void* dst, std::shared_ptr<const std::vector<unsigned 
   enqueue_cpu(stream, [dst, host = std::move(host)] { std::memcpy(dst, host->data(), host->size()); });
 }
 
+void copy_blocking(void* dst, const void* src, std::size_t bytes, Device src_device) {
+  if (bytes == 0) return;
+#ifdef DEFER_HAVE_CUDA
+  if (src_device.is_cuda()) {
+    CudaDeviceGuard guard(src_device.index());
+    DEFER_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault));
+    return;
+  }
+#endif
+  (void)src_device;
+  std::memcpy(dst, src, bytes);
+}
+
 }  // namespace defer::detail

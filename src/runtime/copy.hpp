@@ -15,4 +15,8 @@ void copy_async(void* dst, const void* src, std::size_t bytes, StreamImpl& strea
 // the task runs; cudaMemcpyAsync from pageable memory stages the bytes before returning.
 void copy_from_host_async(void* dst, std::shared_ptr<const std::vector<unsigned char>> host, StreamImpl& stream);
 
+// A synchronous copy from memory of `src_device` to host memory, for CPU queue workers that
+// already waited for the source's producer.
+void copy_blocking(void* dst, const void* src, std::size_t bytes, Device src_device);
+
 }  // namespace defer::detail

@@ -1,0 +1,133 @@
+#include "graph/op_node.hpp"
+
+#include <stdexcept>
+
+#include "graph/executor.hpp"
+#include "runtime/stream_impl.hpp"
+
+namespace defer::detail {
+const char* short_name(const OpSpec& spec) noexcept {
+  switch (spec.kind) {
+    case OpKind::unary: return kernels::name(spec.unary);
+    case OpKind::binary:
+    case OpKind::binary_scalar: return kernels::name(spec.binary);
+    case OpKind::reduce: return kernels::name(spec.reduce);
+    case OpKind::softmax: return "softmax";
+    case OpKind::layer_norm: return "layer_norm";
+    case OpKind::matmul: return "matmul";
+    case OpKind::transpose: return "transpose";
+    case OpKind::to_device: return "to";
+  }
+  return "?";
+}
+
+TensorMeta infer_meta(const OpSpec& spec, const std::vector<TensorMeta>& in) {
+  const char* name = short_name(spec);
+  switch (spec.kind) {
+    case OpKind::unary:
+    case OpKind::binary_scalar:
+      check_same_device_and_dtype(name, in);
+      return in[0];
+    case OpKind::binary: return broadcast_meta(name, in[0], in[1]);
+    case OpKind::reduce:
+      return reduce_meta(name, in[0], spec.dim, spec.keepdim, spec.reduce == kernels::ReduceOp::max);
+    case OpKind::softmax:
+      check_same_device_and_dtype(name, in);
+      normalize_dim(name, spec.dim, in[0].shape.size());
+      return in[0];
+    case OpKind::layer_norm: return layer_norm_meta(in[0], in[1], in[2]);
+    case OpKind::matmul: return matmul_meta(in[0], in[1]);
+    case OpKind::transpose: return transpose_meta(in[0]);
+    case OpKind::to_device: return TensorMeta{in[0].shape, in[0].dtype, spec.target};
+  }
+  throw std::logic_error("unknown op kind");
+}
+
+std::string op_name(const OpSpec& spec) {
+  switch (spec.kind) {
+    case OpKind::unary: return kernels::name(spec.unary);
+    case OpKind::binary: return kernels::name(spec.binary);
+    case OpKind::binary_scalar: return std::string(kernels::name(spec.binary)) + "(scalar=" + std::to_string(spec.scalar) + ")";
+    case OpKind::reduce:
+      return std::string(kernels::name(spec.reduce)) + "(dim=" + std::to_string(spec.dim) + (spec.keepdim ? ", keepdim)" : ")");
+    case OpKind::softmax: return "softmax(dim=" + std::to_string(spec.dim) + ")";
+    case OpKind::layer_norm: return "layer_norm";
+    case OpKind::matmul: return "matmul";
+    case OpKind::transpose: return "transpose";
+    case OpKind::to_device: return "to(" + spec.target.str() + ")";
+  }
+  return "?";
+}
+
+OpNode::OpNode(OpSpec spec, const std::vector<Await<Tensor>>& inputs, std::optional<TensorMeta> meta)
+    : AwaitState<Tensor>(false), spec_(spec), meta_(std::move(meta)) {
+  inputs_.reserve(inputs.size());
+  for (const auto& in : inputs) {
+    // Op inputs are planned together with this node; anything else (a nowait, an awaitable) is
+    // waited first by the driver.
+    add_dep(in.state(), as_node(in.state().get()) == nullptr);
+    inputs_.push_back(in.state().get());
+  }
+}
+
+OpNode* as_node(AwaitStateBase* state) noexcept { return dynamic_cast<OpNode*>(state); }
+
+std::optional<TensorMeta> known_meta(const Await<Tensor>& a) {
+  AwaitState<Tensor>* state = a.state().get();
+  if (state->status() == AwaitStatus::ready) {
+    const Tensor& t = state->value();
+    if (!t.defined()) return std::nullopt;  // reported by the op that receives it
+    return TensorMeta{t.shape(), t.dtype(), t.device()};
+  }
+  if (OpNode* n = as_node(state)) return n->meta();
+  return std::nullopt;
+}
+
+StreamImpl& stream_for(Device d, StreamImpl& wait_stream) {
+  return wait_stream.device() == d ? wait_stream : *current_stream_impl(d);
+}
+
+void OpNode::run(StreamImpl& stream) noexcept {
+  try {
+    plan_and_launch(*this, stream);
+  } catch (...) {
+    if (!done()) fail(std::current_exception());
+  }
+}
+
+void OpNode::execute(StreamImpl& wait_stream, const char* reason) {
+  std::exception_ptr error;
+  try {
+    std::vector<Tensor> in;
+    std::vector<TensorMeta> metas;
+    in.reserve(inputs_.size());
+    metas.reserve(inputs_.size());
+    for (std::size_t i = 0; i < inputs_.size(); ++i) {
+      AwaitState<Tensor>* s = inputs_[i];
+      if (s->status() == AwaitStatus::failed) std::rethrow_exception(s->error());
+      const Tensor& t = s->value();
+      if (!t.defined())
+        throw std::invalid_argument(std::string(short_name(spec_)) + ": operand " + std::to_string(i + 1) + " is an undefined tensor");
+      in.push_back(t);
+      metas.push_back(TensorMeta{t.shape(), t.dtype(), t.device()});
+    }
+    const TensorMeta out = infer_meta(spec_, metas);
+    StreamImpl& stream = stream_for(out.device, wait_stream);
+    // Order this stream after the inputs' producers (an event wait, no host blocking). A copy to
+    // another device orders itself in the executor, on the source's side.
+    for (AwaitState<Tensor>* s : inputs_) settle(*s, spec_.kind == OpKind::to_device ? nullptr : &stream);
+    value_.emplace(launch_op(spec_, in, out, stream, reason));
+    add_completion(Completion{out.device, stream.id(), stream.record()});
+  } catch (...) {
+    error = std::current_exception();
+  }
+  inputs_.clear();
+  finish(std::move(error));
+}
+
+void OpNode::fail(std::exception_ptr error) noexcept {
+  inputs_.clear();
+  finish(std::move(error));
+}
+
+}  // namespace defer::detail

@@ -1,0 +1,71 @@
+#pragma once
+// A pending tensor op: the Await state behind every op result. It holds its input Awaits and what
+// its output will look like; nothing runs until a wait. Waiting any node plans the pending subgraph
+// beneath it (see planner.cpp) and launches it on the wait's stream.
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <defer/await.hpp>
+
+#include "graph/shape_rules.hpp"
+#include "op_kinds.hpp"
+
+namespace defer::detail {
+
+enum class OpKind : std::uint8_t { unary, binary, binary_scalar, reduce, softmax, layer_norm, matmul, transpose, to_device };
+
+struct OpSpec {
+  OpKind kind;
+  kernels::UnaryOp unary = kernels::UnaryOp::neg;
+  kernels::BinaryOp binary = kernels::BinaryOp::add;
+  kernels::ReduceOp reduce = kernels::ReduceOp::sum;
+  float scalar = 0.f;  // the scalar of binary_scalar, the eps of layer_norm
+  int dim = 0;         // reduce and softmax: the (normalized) dim
+  bool keepdim = false;
+  Device target = Device::cpu();  // to_device: the destination
+};
+
+std::string op_name(const OpSpec& spec);       // "add", "sum(dim=1)", "to(cuda:0)", ...
+const char* short_name(const OpSpec& spec) noexcept;  // "add", "sum", "to": names ops in errors
+// The output of `spec` for inputs that look like `in`, or std::invalid_argument naming the op and
+// the shapes. Run at call time when every operand's shape is known, and always at run time.
+TensorMeta infer_meta(const OpSpec& spec, const std::vector<TensorMeta>& in);
+
+class OpNode final : public AwaitState<Tensor> {
+ public:
+  OpNode(OpSpec spec, const std::vector<Await<Tensor>>& inputs, std::optional<TensorMeta> meta);
+
+  const OpSpec& spec() const noexcept { return spec_; }
+  // The output's shape, dtype and device when known at call time (all operand shapes were known).
+  const std::optional<TensorMeta>& meta() const noexcept { return meta_; }
+  // The input states, valid while this node is pending (its dependencies own them).
+  const std::vector<AwaitState<Tensor>*>& inputs() const noexcept { return inputs_; }
+
+  // Plans and launches the pending subgraph rooted here (this node is claimed by the caller).
+  void run(StreamImpl& stream) noexcept override;
+
+  // For the planner: launch this node (inputs done) on `stream`, then publish it.
+  void execute(StreamImpl& stream, const char* reason);
+  void fail(std::exception_ptr error) noexcept;
+
+ private:
+  OpSpec spec_;
+  std::optional<TensorMeta> meta_;
+  std::vector<AwaitState<Tensor>*> inputs_;
+};
+
+// The node behind an Await, or null when it is not an op result.
+OpNode* as_node(AwaitStateBase* state) noexcept;
+// The shape, dtype and device of an Await<Tensor> when known without running anything.
+std::optional<TensorMeta> known_meta(const Await<Tensor>& a);
+
+// Plans the pending subgraph under `root` (claimed), runs what it needs and launches it in
+// topological order. Throws only for errors of the planner itself; op errors are cached per node.
+void plan_and_launch(OpNode& root, StreamImpl& stream);
+
+// The stream a node runs on: the wait's stream when on the node's device, else that device's
+// current stream.
+StreamImpl& stream_for(Device d, StreamImpl& wait_stream);
+
+}  // namespace defer::detail

@@ -1,0 +1,87 @@
+// What a wait does with a pending op graph: find the pending subgraph under the waited node, make
+// sure everything it reads exists, claim it, and launch it in topological order on the wait's stream.
+// Each shared subexpression runs once, nothing that the waited node does not need runs at all.
+#include <stdexcept>
+#include <unordered_set>
+
+#include "graph/op_node.hpp"
+#include "runtime/stream_impl.hpp"
+
+namespace defer::detail {
+namespace {
+
+struct Pending {
+  std::vector<OpNode*> order;  // pending nodes, inputs before consumers, the root last
+  std::vector<AwaitStateBase*> leaves;  // pending non-op inputs (awaitables): run them first
+  AwaitStateBase* busy = nullptr;       // a state another thread is running
+};
+
+// Iterative post-order walk of the pending nodes under root (deep graphs must not recurse).
+Pending collect(OpNode& root) {
+  Pending p;
+  std::unordered_set<AwaitStateBase*> seen{&root};
+  struct Frame {
+    OpNode* node;
+    std::size_t next;
+  };
+  std::vector<Frame> stack{{&root, 0}};
+  while (!stack.empty()) {
+    Frame& f = stack.back();
+    if (f.next == f.node->inputs().size()) {
+      p.order.push_back(f.node);
+      stack.pop_back();
+      continue;
+    }
+    AwaitStateBase* in = f.node->inputs()[f.next++];
+    if (!seen.insert(in).second) continue;
+    const AwaitStatus status = in->status();
+    if (status == AwaitStatus::ready || status == AwaitStatus::failed) continue;
+    if (status == AwaitStatus::running) {
+      p.busy = in;
+      return p;
+    }
+    if (OpNode* n = as_node(in)) stack.push_back({n, 0});
+    else p.leaves.push_back(in);
+  }
+  return p;
+}
+
+}  // namespace
+
+void plan_and_launch(OpNode& root, StreamImpl& stream) {
+  const char* reason = "wait";
+  bool inputs_done = true;
+  for (AwaitStateBase* in : root.inputs()) inputs_done = inputs_done && in->done();
+  if (inputs_done) {  // the common eager case: one node, nothing to plan
+    root.execute(stream, reason);
+    return;
+  }
+  Pending plan;
+  for (;;) {
+    plan = collect(root);
+    if (plan.busy) {
+      // Another thread runs part of our graph: wait for it holding nothing but the root, then look again.
+      if (plan.busy->runner() == std::this_thread::get_id())
+        throw std::logic_error("wait: an op graph was waited from inside the fn of one of its own inputs");
+      plan.busy->block_until_done();
+      continue;
+    }
+    if (!plan.leaves.empty()) {
+      for (AwaitStateBase* leaf : plan.leaves) drive(*leaf, stream);
+      continue;
+    }
+    // Claim every node but the root (the driver claimed it), inputs first. If one was claimed by
+    // another thread meanwhile, give ours back, wait for it, and plan again.
+    std::size_t claimed = 0;
+    while (claimed + 1 < plan.order.size() && plan.order[claimed]->try_claim()) ++claimed;
+    if (claimed + 1 >= plan.order.size()) break;
+    OpNode* lost = plan.order[claimed];
+    for (std::size_t i = 0; i < claimed; ++i) plan.order[i]->unclaim();
+    lost->block_until_done();
+  }
+  // An error in one node is cached there and reaches its consumers through their inputs; nodes
+  // that do not depend on it still run (the root needs them all).
+  for (OpNode* n : plan.order) n->execute(stream, reason);
+}
+
+}  // namespace defer::detail

@@ -1,0 +1,135 @@
+// cuBLAS handles, one per thread and device.
+//
+// A handle is not safe to use from two threads at once, and creating one is slow (it allocates
+// device memory and synchronizes), so each thread keeps one per device for its whole life. A
+// handle is bound to one stream at a time; cublasSetStream also resets the handle's workspace to
+// cuBLAS's own pool (which would cudaMalloc behind our allocator's back), so every rebinding gives
+// the handle a workspace of ours again, allocated on the new stream: stream ordered, it is safe for
+// the work queued there and returns to that stream's pool when it is replaced.
+#include "runtime/cuda/cublas_handle.hpp"
+
+#include <cuda_runtime_api.h>
+#include <unistd.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#endif
+
+#include <defer/errors.hpp>
+
+#include "runtime/cuda/cublas_check.hpp"
+#include "runtime/cuda/cuda_device_guard.hpp"
+#include "runtime/cuda/cuda_stream.hpp"
+#include "runtime/stream_ordered_pool.hpp"
+
+namespace defer::detail {
+namespace {
+
+// cuBLAS recommends 32 MiB of workspace on Hopper (4 MiB suffices before it); one size for all
+// keeps the code simple, and there is one workspace per thread and device.
+constexpr std::size_t kWorkspaceBytes = std::size_t{32} << 20;
+
+constexpr std::uint64_t kUnbound = 0;  // no stream: StreamImpl ids start at 1
+
+// One thread's handle on one device, with the workspace for the stream it is bound to.
+class CublasHandle {
+ public:
+  explicit CublasHandle(int device) : device_(device) {
+    CudaDeviceGuard guard(device_);
+    DEFER_CUBLAS_CHECK(cublasCreate(&handle_));
+    try {
+      DEFER_CUBLAS_CHECK(cublasSetPointerMode(handle_, CUBLAS_POINTER_MODE_HOST));
+      // The default math mode never rounds fp32 operands to TF32 (TF32 would miss the 1e-4 contract).
+      DEFER_CUBLAS_CHECK(cublasSetMathMode(handle_, CUBLAS_DEFAULT_MATH));
+    } catch (...) {
+      (void)cublasDestroy(handle_);
+      throw;
+    }
+  }
+
+  ~CublasHandle() {
+    // The workspace returns to its pool afterwards (a member, destroyed after this body), stream
+    // ordered like any block; cublasDestroy synchronizes the device besides.
+    try {
+      // Throws (and so skips the cuBLAS calls) when the CUDA runtime is already unloading, as for
+      // a thread that exits during the process's own exit.
+      CudaDeviceGuard guard(device_);
+      // The bound stream may have been destroyed since: hand cuBLAS the default stream to forget it.
+      (void)cublasSetStream(handle_, nullptr);
+      (void)cublasDestroy(handle_);
+    } catch (...) {
+      // Destructors do not throw; a failing device leaks its handle.
+    }
+  }
+
+  CublasHandle(const CublasHandle&) = delete;
+  CublasHandle& operator=(const CublasHandle&) = delete;
+
+  cublasHandle_t bind(StreamImpl& stream) {
+    if (stream.id() == stream_id_) return handle_;
+    StreamOrderedPool& pool = pool_for(stream.device());
+    auto workspace = std::make_shared<Allocation>(pool, pool.allocate(kWorkspaceBytes, stream));
+    CudaDeviceGuard guard(device_);
+    stream_id_ = kUnbound;  // if a call below fails, the next bind starts over
+    DEFER_CUBLAS_CHECK(cublasSetStream(handle_, cuda_handle(stream)));
+    DEFER_CUBLAS_CHECK(cublasSetWorkspace(handle_, workspace->data(), kWorkspaceBytes));
+    // The previous workspace goes back to the pool of the stream it was allocated on, ordered
+    // after the cuBLAS work queued there.
+    workspace_ = std::move(workspace);
+    stream_id_ = stream.id();
+    return handle_;
+  }
+
+ private:
+  int device_;
+  cublasHandle_t handle_ = nullptr;
+  std::uint64_t stream_id_ = kUnbound;
+  // A member, so it is released only after the destructor's body has destroyed the handle.
+  std::shared_ptr<Allocation> workspace_;
+};
+
+bool on_main_thread() {
+#if defined(__linux__)
+  return static_cast<long>(::getpid()) == ::syscall(SYS_gettid);
+#else
+  return false;
+#endif
+}
+
+// The calling thread's handles, by device index. A worker thread destroys its handles when it
+// exits. The main thread's are leaked on purpose: they would be destroyed during exit(), where the
+// CUDA runtime may already be tearing down, and cublasDestroy then fails or crashes; the process
+// is ending, so the driver reclaims everything anyway.
+class ThreadHandles {
+ public:
+  ThreadHandles() = default;
+  ThreadHandles(const ThreadHandles&) = delete;
+  ThreadHandles& operator=(const ThreadHandles&) = delete;
+  ~ThreadHandles() {
+    if (!on_main_thread()) return;  // handles_ destroys the handles
+    for (auto& [device, handle] : handles_) (void)handle.release();
+  }
+
+  CublasHandle& for_device(int device) {
+    auto& slot = handles_[device];
+    if (!slot) slot = std::make_unique<CublasHandle>(device);
+    return *slot;
+  }
+
+ private:
+  std::unordered_map<int, std::unique_ptr<CublasHandle>> handles_;
+};
+
+}  // namespace
+
+cublasHandle_t cublas_handle(StreamImpl& stream) {
+  thread_local ThreadHandles handles;
+  return handles.for_device(stream.device().index()).bind(stream);
+}
+
+}  // namespace defer::detail

@@ -1,0 +1,163 @@
+#pragma once
+// A float64 reference of every op, written as plainly as possible and independent of the kernels:
+// the yardstick for both backends.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+namespace defer::testing::ref {
+
+using Vec = std::vector<double>;
+using Dims = std::vector<int64_t>;
+
+inline int64_t numel(const Dims& s) {
+  int64_t n = 1;
+  for (auto e : s) n *= e;
+  return n;
+}
+
+inline Vec widen(const std::vector<float>& v) { return Vec(v.begin(), v.end()); }
+
+inline double gelu(double x) { return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0))); }
+inline double gelu_tanh(double x) {
+  const double c = std::sqrt(2.0 / 3.14159265358979323846);
+  return 0.5 * x * (1.0 + std::tanh(c * (x + 0.044715 * x * x * x)));
+}
+inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+
+template <class F>
+Vec map(const Vec& x, F f) {
+  Vec y(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) y[i] = f(x[i]);
+  return y;
+}
+
+inline Dims broadcast_shape(const Dims& a, const Dims& b) {
+  const std::size_t r = std::max(a.size(), b.size());
+  Dims out(r);
+  for (std::size_t i = 0; i < r; ++i) {
+    const int64_t x = i < r - a.size() ? 1 : a[i - (r - a.size())];
+    const int64_t y = i < r - b.size() ? 1 : b[i - (r - b.size())];
+    out[i] = x == 1 ? y : x;
+  }
+  return out;
+}
+
+// Element of an input of shape `in` read by output multi-index `idx` of shape `out`.
+inline int64_t broadcast_offset(const Dims& in, const Dims& out, const Dims& idx) {
+  int64_t off = 0;
+  const std::size_t lead = out.size() - in.size();
+  for (std::size_t d = 0; d < in.size(); ++d) off = off * in[d] + (in[d] == 1 ? 0 : idx[d + lead]);
+  return off;
+}
+
+template <class F>
+Vec zip(const Vec& a, const Dims& sa, const Vec& b, const Dims& sb, F f) {
+  const Dims out = broadcast_shape(sa, sb);
+  Vec y(static_cast<std::size_t>(numel(out)));
+  Dims idx(out.size(), 0);
+  for (std::size_t i = 0; i < y.size(); ++i) {
+    y[i] = f(a[static_cast<std::size_t>(broadcast_offset(sa, out, idx))], b[static_cast<std::size_t>(broadcast_offset(sb, out, idx))]);
+    for (std::size_t d = out.size(); d-- > 0;) {
+      if (++idx[d] < out[d]) break;
+      idx[d] = 0;
+    }
+  }
+  return y;
+}
+
+enum class Reduce { sum, mean, max };
+
+inline Vec reduce(const Vec& x, const Dims& s, int dim, Reduce op) {
+  int64_t outer = 1, inner = 1;
+  for (int d = 0; d < dim; ++d) outer *= s[static_cast<std::size_t>(d)];
+  for (std::size_t d = static_cast<std::size_t>(dim) + 1; d < s.size(); ++d) inner *= s[d];
+  const int64_t n = s[static_cast<std::size_t>(dim)];
+  Vec y(static_cast<std::size_t>(outer * inner));
+  for (int64_t o = 0; o < outer; ++o)
+    for (int64_t i = 0; i < inner; ++i) {
+      double acc = op == Reduce::max ? -std::numeric_limits<double>::infinity() : 0.0;
+      for (int64_t j = 0; j < n; ++j) {
+        const double v = x[static_cast<std::size_t>((o * n + j) * inner + i)];
+        acc = op == Reduce::max ? std::max(acc, v) : acc + v;
+      }
+      if (op == Reduce::mean) acc /= static_cast<double>(n);
+      y[static_cast<std::size_t>(o * inner + i)] = acc;
+    }
+  return y;
+}
+
+// The scale a reduction's error is measured against: the same reduction of |x|.
+inline Vec abs_sum(const Vec& x, const Dims& s, int dim) { return reduce(map(x, [](double v) { return std::abs(v); }), s, dim, Reduce::sum); }
+
+inline Vec softmax(const Vec& x, const Dims& s, int dim) {
+  const Vec mx = reduce(x, s, dim, Reduce::max);
+  int64_t outer = 1, inner = 1;
+  for (int d = 0; d < dim; ++d) outer *= s[static_cast<std::size_t>(d)];
+  for (std::size_t d = static_cast<std::size_t>(dim) + 1; d < s.size(); ++d) inner *= s[d];
+  const int64_t n = s[static_cast<std::size_t>(dim)];
+  Vec y(x.size());
+  for (int64_t o = 0; o < outer; ++o)
+    for (int64_t i = 0; i < inner; ++i) {
+      double total = 0;
+      for (int64_t j = 0; j < n; ++j) {
+        const auto k = static_cast<std::size_t>((o * n + j) * inner + i);
+        y[k] = std::exp(x[k] - mx[static_cast<std::size_t>(o * inner + i)]);
+        total += y[k];
+      }
+      for (int64_t j = 0; j < n; ++j) y[static_cast<std::size_t>((o * n + j) * inner + i)] /= total;
+    }
+  return y;
+}
+
+inline Vec layer_norm(const Vec& x, const Vec& g, const Vec& b, int64_t cols, double eps) {
+  Vec y(x.size());
+  const int64_t rows = cols == 0 ? 0 : static_cast<int64_t>(x.size()) / cols;
+  for (int64_t r = 0; r < rows; ++r) {
+    double mean = 0, var = 0;
+    for (int64_t c = 0; c < cols; ++c) mean += x[static_cast<std::size_t>(r * cols + c)];
+    mean /= static_cast<double>(cols);
+    for (int64_t c = 0; c < cols; ++c) {
+      const double d = x[static_cast<std::size_t>(r * cols + c)] - mean;
+      var += d * d;
+    }
+    var /= static_cast<double>(cols);
+    for (int64_t c = 0; c < cols; ++c) {
+      const auto k = static_cast<std::size_t>(r * cols + c);
+      y[k] = (x[k] - mean) / std::sqrt(var + eps) * g[static_cast<std::size_t>(c)] + b[static_cast<std::size_t>(c)];
+    }
+  }
+  return y;
+}
+
+// [batch?, m, k] x [batch?, k, n]; a 2-D operand is shared across the batch.
+inline Vec matmul(const Vec& a, const Dims& sa, const Vec& b, const Dims& sb) {
+  const int64_t m = sa[sa.size() - 2], k = sa.back(), n = sb.back();
+  const int64_t batch = sa.size() == 3 ? sa[0] : (sb.size() == 3 ? sb[0] : 1);
+  Vec c(static_cast<std::size_t>(batch * m * n), 0.0);
+  for (int64_t p = 0; p < batch; ++p) {
+    const int64_t ao = sa.size() == 3 ? p * m * k : 0, bo = sb.size() == 3 ? p * k * n : 0;
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) {
+        double acc = 0;
+        for (int64_t q = 0; q < k; ++q) acc += a[static_cast<std::size_t>(ao + i * k + q)] * b[static_cast<std::size_t>(bo + q * n + j)];
+        c[static_cast<std::size_t>(p * m * n + i * n + j)] = acc;
+      }
+  }
+  return c;
+}
+
+inline Vec transpose(const Vec& x, const Dims& s) {
+  const int64_t rows = s[s.size() - 2], cols = s.back();
+  const int64_t batch = rows * cols == 0 ? 0 : static_cast<int64_t>(x.size()) / (rows * cols);
+  Vec y(x.size());
+  for (int64_t p = 0; p < batch; ++p)
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < cols; ++j)
+        y[static_cast<std::size_t>(p * rows * cols + j * rows + i)] = x[static_cast<std::size_t>(p * rows * cols + i * cols + j)];
+  return y;
+}
+
+}  // namespace defer::testing::ref
