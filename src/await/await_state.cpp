@@ -18,18 +18,20 @@ namespace {
 // release on a thread drains a queue that nested releases only append to.
 thread_local std::vector<std::shared_ptr<AwaitStateBase>>* release_queue = nullptr;
 
+// Callers skip the call when deps is empty, as it is for most states (a leaf has none, a waited
+// state released them in finish()): the common destruction then costs no call at all.
 void release(std::vector<AwaitStateBase::Dep>& deps) noexcept {
-  if (deps.empty()) return;
   if (release_queue != nullptr) {
     for (auto& d : deps) release_queue->push_back(std::move(d.state));
     deps.clear();
     return;
   }
+  // The outermost release drops its references in place; `queue` allocates only when a dependency
+  // destroyed here still holds dependencies of its own (a chain that was never waited).
   std::vector<std::shared_ptr<AwaitStateBase>> queue;
-  queue.reserve(deps.size());
-  for (auto& d : deps) queue.push_back(std::move(d.state));
-  deps.clear();
   release_queue = &queue;
+  for (auto& d : deps) d.state.reset();  // may run a destructor that appends to `queue`
+  deps.clear();
   while (!queue.empty()) {
     std::shared_ptr<AwaitStateBase> last = std::move(queue.back());
     queue.pop_back();
@@ -51,7 +53,9 @@ class SpinLock {
 
 }  // namespace
 
-AwaitStateBase::~AwaitStateBase() { release(deps_); }
+AwaitStateBase::~AwaitStateBase() {
+  if (!deps_.empty()) release(deps_);
+}
 
 bool AwaitStateBase::try_claim() noexcept {
   AwaitStatus expected = AwaitStatus::pending;
@@ -78,7 +82,7 @@ void AwaitStateBase::record_completions(const std::vector<Device>& devices) {
 }
 
 void AwaitStateBase::finish(std::exception_ptr error) noexcept {
-  release(deps_);
+  if (!deps_.empty()) release(deps_);
   error_ = std::move(error);
   stats_counters().awaits_run.fetch_add(1, std::memory_order_relaxed);
   status_.store(error_ ? AwaitStatus::failed : AwaitStatus::ready, std::memory_order_release);
@@ -113,8 +117,7 @@ void drive(AwaitStateBase& root, StreamImpl& stream) {
         if (top.state->runner() == std::this_thread::get_id())
           throw std::logic_error("wait: an Await was waited from inside its own fn (or a dependency's); it would never finish");
         top.state->block_until_done();
-        stack.pop_back();
-        continue;
+        continue;  // look again: done, or given back (pending) by a driver that failed, to claim
       }
       if (!top.state->try_claim()) continue;  // another thread claimed it first: look again
       stack.back().claimed = true;
@@ -151,8 +154,6 @@ void order_after_completions(AwaitStateBase& state, StreamImpl* stream) {
 }
 
 StreamImpl& wait_stream() { return *current_stream_impl(default_device()); }
-
-std::uint64_t current_stream_id(Device d) { return current_stream_impl(d)->id(); }
 
 std::uint64_t stream_id_of(const StreamImpl& s) noexcept { return s.id(); }
 

@@ -4,6 +4,8 @@
 #include <stdexcept>
 #include <unordered_set>
 
+#include <defer/mode.hpp>
+
 #include "graph/op_node.hpp"
 #include "runtime/stream_impl.hpp"
 
@@ -49,7 +51,8 @@ Pending collect(OpNode& root) {
 }  // namespace
 
 void plan_and_launch(OpNode& root, StreamImpl& stream) {
-  const char* reason = "wait";
+  // Why these kernels launch, for DEFER_LOG: an eager op's call, or a wait of a deferred graph.
+  const char* reason = mode() == Mode::eager ? "eager op" : "wait";
   bool inputs_done = true;
   for (AwaitStateBase* in : root.inputs()) inputs_done = inputs_done && in->done();
   if (inputs_done) {  // the common eager case: one node, nothing to plan

@@ -2,7 +2,6 @@
 #include <defer/stream.hpp>
 
 #include <atomic>
-#include <mutex>
 #include <utility>
 #include <vector>
 
@@ -33,36 +32,47 @@ namespace {
 // Slot 0 is the CPU, slot i + 1 is cuda:i.
 std::size_t slot(Device d) { return d.is_cpu() ? 0 : static_cast<std::size_t>(d.index()) + 1; }
 
-struct DefaultStreams {
-  std::once_flag once;
-  std::vector<std::shared_ptr<StreamImpl>> streams;  // filled once, then read without locks
-};
-
 // Leaked on purpose: default streams live until the process exits, and tearing down CUDA objects
 // while the CUDA runtime unloads fails.
-DefaultStreams& default_streams() {
-  static auto* d = new DefaultStreams;
-  return *d;
+[[gnu::noinline]] const std::vector<std::shared_ptr<StreamImpl>>* make_default_streams() {
+  auto* streams = new std::vector<std::shared_ptr<StreamImpl>>;
+  streams->push_back(std::make_shared<CpuStream>());
+#ifdef DEFER_HAVE_CUDA
+  for (int i = 0; i < cuda_device_count(); ++i) streams->push_back(std::make_shared<CudaStream>(i, false));
+#endif
+  return streams;
+}
+
+// Filled once, then read without locks. A function-local static: after the first call its check is
+// one load, where std::call_once costs a pthread_once call and thread-local stores on every call.
+const std::vector<std::shared_ptr<StreamImpl>>& default_streams() {
+  static const auto* streams = make_default_streams();
+  return *streams;
 }
 
 }  // namespace
 
 const std::shared_ptr<StreamImpl>& default_stream_impl(Device d) {
-  require_available(d);
-  auto& defaults = default_streams();
-  std::call_once(defaults.once, [&] {
-    defaults.streams.push_back(std::make_shared<CpuStream>());
-#ifdef DEFER_HAVE_CUDA
-    for (int i = 0; i < cuda_device_count(); ++i) defaults.streams.push_back(std::make_shared<CudaStream>(i, false));
-#endif
-  });
-  return defaults.streams[slot(d)];
+  if (!d.is_cpu()) require_available(d);  // the CPU always is
+  return default_streams()[slot(d)];
 }
 
 namespace {
 // Per thread, per device: the current stream, or null for "the default stream".
 thread_local std::vector<std::shared_ptr<StreamImpl>> current_streams;
+// The ids of this thread's current streams for the first slots (cpu, cuda:0..6), 0 when not known:
+// trivially destructible, so current_stream_id, which every wait of a ready value holding tensors
+// calls, reads it without a thread_local guard, a vector or a chain of pointers.
+constexpr std::size_t kIdSlots = 8;
+thread_local std::uint64_t current_ids[kIdSlots] = {};
 }  // namespace
+
+std::uint64_t current_stream_id(Device d) {
+  const std::size_t i = slot(d);
+  if (i >= kIdSlots) return current_stream_impl(d)->id();
+  if (const std::uint64_t id = current_ids[i]) return id;
+  return current_ids[i] = current_stream_impl(d)->id();
+}
 
 const std::shared_ptr<StreamImpl>& current_stream_impl(Device d) {
   const std::size_t i = slot(d);
@@ -73,6 +83,7 @@ const std::shared_ptr<StreamImpl>& current_stream_impl(Device d) {
 std::shared_ptr<StreamImpl> exchange_current_stream(Device d, std::shared_ptr<StreamImpl> s) {
   const std::size_t i = slot(d);
   if (current_streams.size() <= i) current_streams.resize(i + 1);
+  if (i < kIdSlots) current_ids[i] = s ? s->id() : 0;  // 0: looked up again on the next use
   return std::exchange(current_streams[i], std::move(s));
 }
 

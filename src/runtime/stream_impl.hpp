@@ -48,6 +48,8 @@ std::shared_ptr<StreamImpl> create_stream(Device d);
 const std::shared_ptr<StreamImpl>& default_stream_impl(Device d);
 // This thread's current stream of `d` (its default stream unless a StreamGuard says otherwise).
 const std::shared_ptr<StreamImpl>& current_stream_impl(Device d);
+// The id of this thread's current stream of `d` (cached per thread: cheaper than the above).
+std::uint64_t current_stream_id(Device d);
 // Makes `s` (null: the default stream) this thread's current stream of `d`; returns the previous
 // setting in the same form.
 std::shared_ptr<StreamImpl> exchange_current_stream(Device d, std::shared_ptr<StreamImpl> s);

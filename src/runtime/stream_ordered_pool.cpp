@@ -122,17 +122,21 @@ Block* StreamOrderedPool::allocate(std::size_t bytes, StreamImpl& stream) {
 }
 
 void StreamOrderedPool::deallocate(Block* b) noexcept {
+  // The streams that used the block are let go after unlocking (`users` is declared before the
+  // lock, so it is destroyed after it): dropping the last handle of a stream runs its destructor,
+  // which waits for its work and comes back here (stream_destroyed).
+  std::vector<std::shared_ptr<StreamImpl>> users;
   std::lock_guard lock(mutex_);
   allocated_ -= b->size;
   if (!b->other_uses.empty()) {
+    users.swap(b->other_uses);
     PendingBlock pending{b, {}};
     try {
-      for (auto& s : b->other_uses) pending.events.push_back(s->record());
+      for (auto& s : users) pending.events.push_back(s->record());
+      pending_.push_back(std::move(pending));
     } catch (...) {
-      return;  // cannot prove the other streams are done with it: never reuse it (leaked, not corrupted)
+      // Cannot prove the other streams are done with it: never reuse it (leaked, not corrupted).
     }
-    b->other_uses.clear();
-    pending_.push_back(std::move(pending));
     return;
   }
   auto owner = streams_.find(b->owner);

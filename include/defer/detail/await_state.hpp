@@ -42,6 +42,19 @@ struct IsAwait : std::false_type {};
 template <class T>
 struct IsAwait<Await<T>> : std::true_type {};
 
+// What a wait of an Await<T> returns: const T&, or nothing for an Await<void>. A class template
+// rather than a conditional_t, which would form `const void&` for T = void.
+template <class T>
+struct WaitResult {
+  using type = const T&;
+};
+template <>
+struct WaitResult<void> {
+  using type = void;
+};
+template <class T>
+using wait_result_t = typename WaitResult<T>::type;
+
 enum class AwaitStatus : std::uint8_t { pending, running, ready, failed };
 
 struct Completion {
@@ -92,6 +105,8 @@ class AwaitStateBase {
   // Records one completion event per device that holds the value's tensors, on that device's
   // current stream (the wait's stream for its own device).
   void record_completions(const std::vector<Device>& devices);
+  // For states that record their own completion events (op nodes): before finish().
+  void add_completion(Completion c) { completions_.push_back(std::move(c)); }
   void finish(std::exception_ptr error) noexcept;  // releases deps, counts, publishes, wakes waiters
 
  private:
@@ -157,6 +172,9 @@ class AwaitState : public AwaitStateBase {
 
   const T& value() const noexcept { return *value_; }
 
+  // A state made ready (a nowait) is never claimed, so never run; deferred states override this.
+  void run(StreamImpl&) noexcept override {}
+
   void visit_tensors(const std::function<void(const Tensor&)>& f) const override {
     if (value_) detail::visit_tensors(*value_, f);
   }
@@ -179,6 +197,7 @@ template <>
 class AwaitState<void> : public AwaitStateBase {
  public:
   explicit AwaitState(bool nowait) noexcept : AwaitStateBase(nowait) {}
+  void run(StreamImpl&) noexcept override {}
 };
 
 // The value a dependency hands to fn: the waited value of a done state.
@@ -189,36 +208,51 @@ const U& settled_value(const Await<U>& a, StreamImpl& stream) {
   return state.value();
 }
 
-// How each bound argument reaches fn (rule 2). An Await argument is waited first unless fn
-// declares that parameter as an Await; for callables without one signature (generic lambdas,
-// overload sets), Awaits are waited first when fn accepts the values, else passed unchanged.
+// The type a bound argument of type A reaches fn as: `const U&` for an Await<U> that is unwrapped
+// (waited first, U not void), else the argument itself as an rvalue. Class templates rather than
+// conditional_t, which would name A::value_type for every A (and form `const void&`).
+template <class A, bool Unwrap>
+struct PassedArg {
+  using type = A&&;
+};
+template <class U>
+struct PassedArg<Await<U>, true> {
+  using type = const U&;
+};
+template <>
+struct PassedArg<Await<void>, true> {
+  using type = Await<void>&&;
+};
+
+template <class A>
+inline constexpr bool is_value_await_v = false;
+template <class U>
+inline constexpr bool is_value_await_v<Await<U>> = !std::is_void_v<U>;
+
+// How each bound argument reaches fn (rule 2). An Await argument is waited first unless fn's
+// declared parameter accepts the Await itself; for callables without one signature (generic
+// lambdas, overload sets), Awaits are waited first when fn accepts the values, else passed unchanged.
 template <class F, bool ForceWait, class... Args>
 struct ArgPlan {
   using Params = CallableParams<std::decay_t<F>>;
   static constexpr bool signature_known = Params::known && Params::size == sizeof...(Args);
 
-  template <class A>
-  using waited_t = const typename A::value_type&;
-  template <class A>
-  using unwrapped_t = std::conditional_t<IsAwait<A>::value && !std::is_void_v<typename A::value_type>, waited_t<A>, A&&>;
+  template <std::size_t I>
+  using arg_t = std::tuple_element_t<I, std::tuple<Args...>>;
 
-  template <class A>
-  static constexpr bool is_value_await() {
-    if constexpr (IsAwait<A>::value) return !std::is_void_v<typename A::value_type>;
-    return false;
-  }
-
-  static constexpr bool waits_when_unknown = std::is_invocable_v<F&, unwrapped_t<Args>...>;
+  static constexpr bool waits_when_unknown = std::is_invocable_v<F&, typename PassedArg<Args, true>::type...>;
 
   template <std::size_t I>
   static constexpr bool wait_first() {
-    using A = std::tuple_element_t<I, std::tuple<Args...>>;
+    using A = arg_t<I>;
     if constexpr (!IsAwait<A>::value) {
       return false;
     } else if constexpr (ForceWait) {
       return true;
     } else if constexpr (signature_known) {
-      return !IsAwait<std::remove_cvref_t<typename Params::template at<I>>>::value;
+      // Passed unchanged only where the declared parameter accepts this Await itself: an
+      // Await<Await<U>> given for an Await<U> parameter is waited (once) first (rules 2, 10).
+      return !std::is_convertible_v<A&&, typename Params::template at<I>>;
     } else {
       return waits_when_unknown;
     }
@@ -227,21 +261,19 @@ struct ArgPlan {
   // An Await<void> is never unwrapped (there is no value): waited first or not, it is passed as is.
   template <std::size_t I>
   static constexpr bool unwrap() {
-    using A = std::tuple_element_t<I, std::tuple<Args...>>;
-    return wait_first<I>() && is_value_await<A>();
+    return wait_first<I>() && is_value_await_v<arg_t<I>>;
   }
 
   template <std::size_t I>
-  using passed_t = std::conditional_t<unwrap<I>(),
-                                      waited_t<std::conditional_t<IsAwait<std::tuple_element_t<I, std::tuple<Args...>>>::value,
-                                                                  std::tuple_element_t<I, std::tuple<Args...>>, Await<int>>>,
-                                      std::tuple_element_t<I, std::tuple<Args...>>&&>;
+  using passed_t = typename PassedArg<arg_t<I>, unwrap<I>()>::type;
 
   template <class Seq>
   struct Result;
   template <std::size_t... I>
   struct Result<std::index_sequence<I...>> {
-    using type = std::invoke_result_t<F&, passed_t<I>...>;
+    // The Await holds a value: a callable returning a reference gives an Await of the referred
+    // type (a reference into the arguments would dangle once they are released, rule 7).
+    using type = std::remove_cvref_t<std::invoke_result_t<F&, passed_t<I>...>>;
   };
   using result_type = typename Result<std::index_sequence_for<Args...>>::type;
 };

@@ -1,8 +1,10 @@
 #pragma once
 // The declared parameter types of a callable, where it has exactly one signature (a function, a
 // function pointer, a lambda or functor with one non-template operator()). awaitable() uses them
-// for rule 2 of API.md: an Await argument is passed unchanged to a parameter declared as an Await,
+// for rule 2 of API.md: an Await argument is passed unchanged to a parameter that accepts the Await,
 // and waited first otherwise. Generic lambdas and overload sets have no single signature.
+#include <cstddef>
+#include <tuple>
 #include <type_traits>
 
 namespace defer::detail {
@@ -31,6 +33,8 @@ DEFER_MEMBER_PARAMS(noexcept)
 DEFER_MEMBER_PARAMS(const noexcept)
 DEFER_MEMBER_PARAMS(&)
 DEFER_MEMBER_PARAMS(const&)
+DEFER_MEMBER_PARAMS(& noexcept)
+DEFER_MEMBER_PARAMS(const& noexcept)
 #undef DEFER_MEMBER_PARAMS
 
 template <class F, class = void>
