@@ -6,6 +6,8 @@
 #include <stdexcept>
 #include <type_traits>
 
+#include <defer/detail/stats_counters.hpp>
+
 #include "cpu/fill.hpp"
 #include "runtime/copy.hpp"
 #include "runtime/cpu/cpu_stream.hpp"
@@ -81,6 +83,7 @@ Tensor full(Shape shape, float value, DType dtype, Device device) {
   if (t.numel() == 0) return t;
   void* data = t.data_ptr();
   const int64_t n = t.numel();
+  detail::stats_counters().kernel_launches.fetch_add(1, std::memory_order_relaxed);  // a fill is a kernel
 #ifdef DEFER_HAVE_CUDA
   if (device.is_cuda()) {
     detail::CudaDeviceGuard guard(device.index());
