@@ -9,6 +9,7 @@
 #include <defer/defer.hpp>
 
 #include "graph/executor.hpp"
+#include "graph/op_node.hpp"
 #include "runtime/stream_ordered_pool.hpp"
 #include "reference.hpp"
 #include "test_util.hpp"
@@ -370,7 +371,9 @@ TEST(Deferral, NothingLaunchesUntilAWait) {
   EXPECT_EQ(stats().kernel_launches, 0u);
   EXPECT_EQ(stats().awaits_run, 0u);
   EXPECT_FALSE(s.is_ready());
+  detail::set_fusion_enabled(false);  // one kernel per op, to count them
   wait(s);
+  detail::set_fusion_enabled(true);
   EXPECT_EQ(stats().kernel_launches, 503u);
   EXPECT_EQ(stats().awaits_run, 503u);
   reset_stats();
@@ -395,12 +398,16 @@ TEST(Deferral, SharedSubexpressionsRunOnceAndIntermediatesKeepTheirTensor) {
   reset_stats();
   TensorAwait d = exp(x);
   TensorAwait r = (d + d) + (d * 2.f);
+  TensorAwait u = sum(d, 0);  // another graph on d, not waited
+  detail::set_fusion_enabled(false);
   wait(r);
+  detail::set_fusion_enabled(true);
   EXPECT_EQ(stats().kernel_launches, 4u) << "exp, add, mul and the final add: exp once";
-  EXPECT_TRUE(d.is_ready());
+  EXPECT_TRUE(d.is_ready()) << "an intermediate the user holds is materialized";
   const void* p = wait(d).data_ptr();
   EXPECT_EQ(wait(d).data_ptr(), p);
   EXPECT_EQ(stats().kernel_launches, 4u);
+  EXPECT_EQ(wait(u).shape(), Shape{});
   const auto got = to_vector(wait(r));
   for (std::size_t i = 0; i < v.size(); ++i) EXPECT_NEAR(got[i], 4.0 * std::exp(double(v[i])), 1e-5 * 4 * std::exp(double(v[i])));
 }
@@ -437,16 +444,25 @@ TEST(Deferral, ResultsAreOrderedAfterProducersOnOtherStreams) {
 }
 
 TEST(Deferral, ConcurrentWaitsOfOneGraphRunEachNodeOnce) {
-  TensorAwait x = from_vector(random_values(1000, 4), {1000}, Device::cpu());
-  TensorAwait y = x;
-  for (int i = 0; i < 50; ++i) y = tanh(y) + x;
-  reset_stats();
-  std::vector<std::thread> threads;
-  std::vector<const void*> seen(8);
-  for (int i = 0; i < 8; ++i) threads.emplace_back([&, i] { seen[static_cast<std::size_t>(i)] = wait(y).data_ptr(); });
-  for (auto& t : threads) t.join();
-  EXPECT_EQ(stats().kernel_launches, 100u);
-  for (const void* p : seen) EXPECT_EQ(p, seen[0]);
+  for (bool fused : {false, true}) {
+    TensorAwait x = from_vector(random_values(1000, 4), {1000}, Device::cpu());
+    std::vector<TensorAwait> steps{x};  // every step held: all 100 nodes are materialized
+    for (int i = 0; i < 50; ++i) {
+      steps.push_back(tanh(steps.back()));
+      steps.push_back(steps.back() + x);
+    }
+    detail::set_fusion_enabled(fused);
+    reset_stats();
+    std::vector<std::thread> threads;
+    std::vector<const void*> seen(8);
+    for (int i = 0; i < 8; ++i)
+      threads.emplace_back([&, i] { seen[static_cast<std::size_t>(i)] = wait(steps.back()).data_ptr(); });
+    for (auto& t : threads) t.join();
+    detail::set_fusion_enabled(true);
+    EXPECT_EQ(stats().awaits_run, 100u) << "each node once (fused: " << fused << ")";
+    EXPECT_EQ(stats().kernel_launches, fused ? 13u : 100u) << "fused: 8 outputs a kernel at most";
+    for (const void* p : seen) EXPECT_EQ(p, seen[0]);
+  }
 }
 
 TEST(Modes, DefaultIsDeferredAndGuardsNestAndArePerThread) {

@@ -125,6 +125,13 @@ void OpNode::execute(StreamImpl& wait_stream, const char* reason) {
   finish(std::move(error));
 }
 
+void OpNode::publish(Tensor value, const Completion& done) {
+  value_.emplace(std::move(value));
+  add_completion(done);
+  inputs_.clear();
+  finish(nullptr);
+}
+
 void OpNode::fail(std::exception_ptr error) noexcept {
   inputs_.clear();
   finish(std::move(error));

@@ -47,6 +47,8 @@ class OpNode final : public AwaitState<Tensor> {
 
   // For the planner: launch this node (inputs done) on `stream`, then publish it.
   void execute(StreamImpl& stream, const char* reason);
+  // For a fused launch that computed this node: its tensor and where it was produced.
+  void publish(Tensor value, const Completion& done);
   void fail(std::exception_ptr error) noexcept;
 
  private:
@@ -63,6 +65,11 @@ std::optional<TensorMeta> known_meta(const Await<Tensor>& a);
 // Plans the pending subgraph under `root` (claimed), runs what it needs and launches it in
 // topological order. Throws only for errors of the planner itself; op errors are cached per node.
 void plan_and_launch(OpNode& root, StreamImpl& stream);
+
+// Fusion of element-wise subgraphs at wait time: on unless DEFER_FUSION=0 (read once) or switched
+// off with set_fusion_enabled (benchmarks compare deferred with and without it).
+bool fusion_enabled() noexcept;
+void set_fusion_enabled(bool on) noexcept;
 
 // The stream a node runs on: the wait's stream when on the node's device, else that device's
 // current stream.

@@ -1,11 +1,16 @@
 // What a wait does with a pending op graph: find the pending subgraph under the waited node, make
 // sure everything it reads exists, claim it, and launch it in topological order on the wait's stream.
 // Each shared subexpression runs once, nothing that the waited node does not need runs at all.
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <stdexcept>
+#include <string_view>
 #include <unordered_set>
 
 #include <defer/mode.hpp>
 
+#include "graph/fusion_planner.hpp"
 #include "graph/op_node.hpp"
 #include "runtime/stream_impl.hpp"
 
@@ -48,6 +53,10 @@ Pending collect(OpNode& root) {
   return p;
 }
 
+std::size_t index_in(const std::vector<OpNode*>& order, const OpNode* node) {
+  return static_cast<std::size_t>(std::find(order.begin(), order.end(), node) - order.begin());
+}
+
 }  // namespace
 
 void plan_and_launch(OpNode& root, StreamImpl& stream) {
@@ -82,9 +91,35 @@ void plan_and_launch(OpNode& root, StreamImpl& stream) {
     for (std::size_t i = 0; i < claimed; ++i) plan.order[i]->unclaim();
     lost->block_until_done();
   }
-  // An error in one node is cached there and reaches its consumers through their inputs; nodes
-  // that do not depend on it still run (the root needs them all).
-  for (OpNode* n : plan.order) n->execute(stream, reason);
+  // Element-wise subgraphs run as fused kernels, launched when their last member comes up in the
+  // topological order; everything else runs its own kernel. An error in one node is cached there
+  // and reaches its consumers through their inputs; nodes that do not depend on it still run.
+  FusionPlan fusion;
+  if (fusion_enabled()) fusion = plan_fusion(plan.order);
+  for (FusionGroup& group : fusion.groups)
+    if (!build_program(group, fusion))
+      for (OpNode* member : group.members) fusion.group_of[index_in(plan.order, member)] = -1;
+  for (std::size_t i = 0; i < plan.order.size(); ++i) {
+    const int g = fusion.group_of.empty() ? -1 : fusion.group_of[i];
+    if (g < 0) {
+      plan.order[i]->execute(stream, reason);
+    } else if (fusion.groups[static_cast<std::size_t>(g)].members.back() == plan.order[i]) {
+      launch_group(fusion.groups[static_cast<std::size_t>(g)], stream, reason);
+    }
+  }
 }
+
+namespace {
+std::atomic<bool>& fusion_switch() {
+  static std::atomic<bool> on = [] {
+    const char* v = std::getenv("DEFER_FUSION");
+    return v == nullptr || std::string_view(v) != "0";
+  }();
+  return on;
+}
+}  // namespace
+
+bool fusion_enabled() noexcept { return fusion_switch().load(std::memory_order_relaxed); }
+void set_fusion_enabled(bool on) noexcept { fusion_switch().store(on, std::memory_order_relaxed); }
 
 }  // namespace defer::detail

@@ -1,0 +1,38 @@
+#pragma once
+// The CPU backend of a fused element-wise program: an interpreter that applies the program to
+// cache-sized chunks of the output, one instruction at a time over the whole chunk. The switch on
+// an instruction's op happens once per chunk, so each instruction is a tight loop that vectorizes
+// (the same per-op math as the one-op kernels of ops.hpp, so fused and unfused results are equal),
+// and intermediates live in chunk buffers that stay in cache instead of tensors in memory.
+// Large outputs are split across cores with the shared ThreadPool.
+#include <cstdint>
+
+#include "fusion/fused_program.hpp"
+
+namespace defer::kernels::cpu {
+
+class ThreadPool;
+
+struct FusedRunOptions {
+  // Elements per chunk (> 0). Each live intermediate needs one chunk-sized buffer per thread.
+  std::int64_t chunk = 2048;
+  // Outputs with at least this many elements are split across the pool's threads.
+  std::int64_t parallel_min = std::int64_t{1} << 18;
+  // The pool to split with; null: ThreadPool::shared().
+  ThreadPool* pool = nullptr;
+};
+
+// Evaluates `program` for each of the layout.numel() output elements: outputs[j] receives value
+// program.outputs[j], contiguous with layout.shape. inputs[i] is read through layout.strides[i]
+// (see FusedLayout); scalars[k] is the k-th scalar (may be null when the program has none).
+//
+// Preconditions: validate(program, layout) passes (checked once when a plan is built, not here).
+// An output may share its buffer with an input only exactly (the same pointer) and only when that
+// input is read contiguously; outputs must not overlap each other. Runs on the calling thread
+// (a CPU stream's worker) and, for large outputs, the pool's workers; never touches streams.
+void run_fused(const FusedProgram& program, const FusedLayout& layout, const float* const* inputs,
+               float* const* outputs, const float* scalars);
+void run_fused(const FusedProgram& program, const FusedLayout& layout, const float* const* inputs,
+               float* const* outputs, const float* scalars, const FusedRunOptions& options);
+
+}  // namespace defer::kernels::cpu

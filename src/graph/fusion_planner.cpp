@@ -1,0 +1,314 @@
+#include "graph/fusion_planner.hpp"
+
+#include <algorithm>
+#include <stdexcept>
+#include <unordered_map>
+
+#include <defer/detail/stats_counters.hpp>
+
+#include "cpu/fused.hpp"
+#include "graph/executor.hpp"
+#include "runtime/cpu/cpu_stream.hpp"
+#include "runtime/tensor_impl.hpp"
+#ifdef DEFER_HAVE_CUDA
+#include "graph/fusion/cuda_fused_launch.hpp"
+#include "runtime/cuda/cuda_stream.hpp"
+#endif
+
+namespace defer::detail {
+namespace {
+
+bool is_elementwise(OpKind k) { return k == OpKind::unary || k == OpKind::binary || k == OpKind::binary_scalar; }
+
+struct GroupBudget {  // what a group uses of the fused-kernel caps
+  int instructions = 0, inputs = 0, scalars = 0;
+  int held = 0;  // members somebody outside the plan holds: outputs of the kernel
+  std::vector<const AwaitStateBase*> seen_inputs;
+};
+
+}  // namespace
+
+kernels::FusedLayout make_fused_layout(const Shape& out, const std::vector<Shape>& inputs) {
+  const std::size_t rank = out.size();
+  std::vector<std::vector<int64_t>> strides(inputs.size(), std::vector<int64_t>(rank, 0));
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    int64_t stride = 1;
+    for (std::size_t k = 0; k < inputs[i].size(); ++k) {
+      const int64_t extent = inputs[i][inputs[i].size() - 1 - k];
+      strides[i][rank - 1 - k] = extent == 1 ? 0 : stride;
+      stride *= extent;
+    }
+  }
+  // Innermost first: merge a dim into its inner neighbour when every input steps through the pair
+  // as through one dim.
+  std::vector<int64_t> shape_c;
+  std::vector<std::vector<int64_t>> strides_c(inputs.size());
+  for (std::size_t k = 0; k < rank; ++k) {
+    const std::size_t d = rank - 1 - k;
+    if (out[d] == 1) continue;
+    bool merge = !shape_c.empty();
+    for (std::size_t i = 0; merge && i < inputs.size(); ++i) merge = strides[i][d] == strides_c[i].back() * shape_c.back();
+    if (merge) {
+      shape_c.back() *= out[d];
+      continue;
+    }
+    shape_c.push_back(out[d]);
+    for (std::size_t i = 0; i < inputs.size(); ++i) strides_c[i].push_back(strides[i][d]);
+  }
+  if (shape_c.size() > static_cast<std::size_t>(kernels::kMaxDims))
+    throw std::invalid_argument("fusion: " + shape_str(out) + " collapses to more than kMaxDims dims");
+  kernels::FusedLayout layout;
+  layout.ndim = static_cast<int>(shape_c.size());
+  layout.strides.resize(inputs.size());
+  for (int d = 0; d < layout.ndim; ++d) {
+    const std::size_t from = shape_c.size() - 1 - static_cast<std::size_t>(d);
+    layout.shape[static_cast<std::size_t>(d)] = shape_c[from];
+    for (std::size_t i = 0; i < inputs.size(); ++i) layout.strides[i][static_cast<std::size_t>(d)] = strides_c[i][from];
+  }
+  return layout;
+}
+
+FusionPlan plan_fusion(const std::vector<OpNode*>& order) {
+  const std::size_t n = order.size();
+  FusionPlan plan;
+  plan.group_of.assign(n, -1);
+  std::unordered_map<const AwaitStateBase*, std::size_t> index;
+  for (std::size_t i = 0; i < n; ++i) index.emplace(order[i], i);
+
+  // Output shapes of every node; a failed or undefined input, or an invalid op, means no fusion.
+  std::vector<TensorMeta> meta;
+  meta.reserve(n);
+  try {
+    for (OpNode* node : order) {
+      std::vector<TensorMeta> in;
+      for (AwaitState<Tensor>* s : node->inputs()) {
+        auto it = index.find(s);
+        if (it != index.end()) {
+          in.push_back(meta[it->second]);
+          continue;
+        }
+        if (s->status() != AwaitStatus::ready || !s->value().defined()) return plan;
+        const Tensor& t = s->value();
+        in.push_back(TensorMeta{t.shape(), t.dtype(), t.device()});
+      }
+      meta.push_back(infer_meta(node->spec(), in));
+      plan.shapes.emplace(node, meta.back().shape);
+    }
+  } catch (...) {
+    return plan;
+  }
+
+  // References held from inside the plan, to tell which nodes someone else may still wait.
+  std::vector<long> internal_refs(n, 0), use_count(n, 0);
+  for (OpNode* node : order)
+    for (const auto& dep : node->deps()) {
+      auto it = index.find(dep.state.get());
+      if (it == index.end()) continue;
+      ++internal_refs[it->second];
+      use_count[it->second] = dep.state.use_count();
+    }
+
+  auto held = [&](std::size_t i) { return use_count[i] > internal_refs[i]; };
+  std::vector<bool> closed;
+  std::vector<GroupBudget> budget;
+  for (std::size_t i = 0; i < n; ++i) {
+    OpNode* node = order[i];
+    std::vector<std::size_t> pending;  // inputs computed in this plan
+    for (AwaitState<Tensor>* s : node->inputs()) {
+      auto it = index.find(s);
+      if (it != index.end()) pending.push_back(it->second);
+    }
+    auto close_inputs = [&] {
+      for (std::size_t j : pending)
+        if (plan.group_of[j] >= 0) closed[static_cast<std::size_t>(plan.group_of[j])] = true;
+    };
+    if (!is_elementwise(node->spec().kind) || meta[i].dtype != DType::f32) {
+      close_inputs();
+      continue;
+    }
+    int g = -1;
+    bool one_group = !pending.empty();
+    for (std::size_t j : pending) {
+      if (plan.group_of[j] < 0 || (g >= 0 && plan.group_of[j] != g)) one_group = false;
+      g = plan.group_of[j];
+    }
+    // What adding the node to group `target` costs in instructions, inputs and scalars. Inputs from
+    // outside the group (leaves, or nodes of other groups) are loads.
+    auto cost = [&](const GroupBudget& b, int target) {
+      GroupBudget c = b;
+      ++c.instructions;
+      if (node->spec().kind == OpKind::binary_scalar) ++c.scalars;
+      if (held(i)) ++c.held;
+      for (AwaitState<Tensor>* s : node->inputs()) {
+        auto it = index.find(s);
+        if (it != index.end() && plan.group_of[it->second] == target) continue;
+        if (std::find(c.seen_inputs.begin(), c.seen_inputs.end(), s) != c.seen_inputs.end()) continue;
+        c.seen_inputs.push_back(s);
+        ++c.inputs;
+        ++c.instructions;  // its load
+      }
+      return c;
+    };
+    bool join = one_group && !closed[static_cast<std::size_t>(g)] &&
+                plan.groups[static_cast<std::size_t>(g)].shape == meta[i].shape;
+    GroupBudget after;
+    if (join) {
+      after = cost(budget[static_cast<std::size_t>(g)], g);
+      // The node may end the group, and a group's last member is always an output.
+      const int outputs = after.held + (held(i) ? 0 : 1);
+      join = after.instructions <= kernels::kMaxFusedInstructions && after.inputs <= kernels::kMaxFusedInputs &&
+             after.scalars <= kernels::kMaxFusedScalars && outputs <= kernels::kMaxFusedOutputs;
+    }
+    if (!join) {
+      close_inputs();
+      g = static_cast<int>(plan.groups.size());
+      plan.groups.push_back(FusionGroup{});
+      plan.groups.back().shape = meta[i].shape;
+      closed.push_back(false);
+      budget.push_back(GroupBudget{});
+      after = cost(budget.back(), g);
+    }
+    budget[static_cast<std::size_t>(g)] = std::move(after);
+    plan.groups[static_cast<std::size_t>(g)].members.push_back(node);
+    plan.group_of[i] = g;
+  }
+
+  // Which members are written: the group's last, those consumed outside the group, and those that
+  // somebody outside the plan still holds (they may be waited later and must give this tensor).
+  std::vector<bool> materialize(n, false);
+  for (std::size_t i = 0; i < n; ++i) {
+    if (held(i) || i + 1 == n) materialize[i] = true;
+    for (AwaitState<Tensor>* s : order[i]->inputs()) {
+      auto it = index.find(s);
+      if (it != index.end() && plan.group_of[it->second] >= 0 && plan.group_of[it->second] != plan.group_of[i])
+        materialize[it->second] = true;
+    }
+  }
+  // Dissolve single-node groups (they run their own kernel) and renumber the rest.
+  std::vector<FusionGroup> kept;
+  std::vector<int> renumber(plan.groups.size(), -1);
+  for (std::size_t g = 0; g < plan.groups.size(); ++g) {
+    if (plan.groups[g].members.size() < 2) continue;
+    renumber[g] = static_cast<int>(kept.size());
+    kept.push_back(std::move(plan.groups[g]));
+  }
+  plan.groups = std::move(kept);
+  for (std::size_t i = 0; i < n; ++i) {
+    if (plan.group_of[i] < 0) continue;
+    plan.group_of[i] = renumber[static_cast<std::size_t>(plan.group_of[i])];
+    if (plan.group_of[i] < 0) continue;
+    FusionGroup& group = plan.groups[static_cast<std::size_t>(plan.group_of[i])];
+    group.materialize.push_back(materialize[i] || order[i] == group.members.back());
+  }
+  return plan;
+}
+
+bool build_program(FusionGroup& group, const FusionPlan& plan) {
+  auto program = std::make_shared<kernels::FusedProgram>();
+  std::unordered_map<const AwaitStateBase*, std::uint16_t> value_of;  // members and loaded inputs
+  std::vector<Shape> input_shapes;
+  auto value = [&](AwaitState<Tensor>* s) -> std::uint16_t {
+    auto it = value_of.find(s);
+    if (it != value_of.end()) return it->second;
+    const auto input = static_cast<std::uint16_t>(group.inputs.size());
+    group.inputs.push_back(s);
+    auto planned = plan.shapes.find(s);  // a node of this plan: not run yet
+    input_shapes.push_back(planned != plan.shapes.end() ? planned->second : s->value().shape());
+    program->code.push_back({kernels::FusedKind::load, 0, input, 0});
+    const auto v = static_cast<std::uint16_t>(program->code.size() - 1);
+    value_of.emplace(s, v);
+    return v;
+  };
+  for (std::size_t m = 0; m < group.members.size(); ++m) {
+    OpNode* node = group.members[m];
+    const OpSpec& spec = node->spec();
+    kernels::FusedInstr instr{kernels::FusedKind::unary};
+    if (spec.kind == OpKind::unary) {
+      instr = {kernels::FusedKind::unary, static_cast<std::uint8_t>(spec.unary), value(node->inputs()[0]), 0};
+    } else if (spec.kind == OpKind::binary) {
+      const std::uint16_t a = value(node->inputs()[0]);
+      instr = {kernels::FusedKind::binary, static_cast<std::uint8_t>(spec.binary), a, value(node->inputs()[1])};
+    } else {
+      const auto k = static_cast<std::uint16_t>(group.scalars.size());
+      group.scalars.push_back(spec.scalar);
+      instr = {kernels::FusedKind::binary_scalar, static_cast<std::uint8_t>(spec.binary), value(node->inputs()[0]), k};
+    }
+    program->code.push_back(instr);
+    value_of.emplace(node, static_cast<std::uint16_t>(program->code.size() - 1));
+    if (group.materialize[m]) program->outputs.push_back(static_cast<std::uint16_t>(program->code.size() - 1));
+  }
+  program->num_inputs = static_cast<std::uint16_t>(group.inputs.size());
+  program->num_scalars = static_cast<std::uint16_t>(group.scalars.size());
+  if (program->outputs.size() > static_cast<std::size_t>(kernels::kMaxFusedOutputs) ||
+      program->code.size() > static_cast<std::size_t>(kernels::kMaxFusedInstructions) ||
+      group.inputs.size() > static_cast<std::size_t>(kernels::kMaxFusedInputs)) {
+    group.inputs.clear();
+    group.scalars.clear();
+    return false;
+  }
+  try {
+    auto layout = std::make_shared<kernels::FusedLayout>(make_fused_layout(group.shape, input_shapes));
+    kernels::validate(*program, *layout);
+    group.program = std::move(program);
+    group.layout = std::move(layout);
+    return true;
+  } catch (const std::invalid_argument&) {
+    group.inputs.clear();
+    group.scalars.clear();
+    return false;
+  }
+}
+
+void launch_group(FusionGroup& group, StreamImpl& wait_stream, const char* reason) {
+  std::vector<Tensor> outputs;
+  try {
+    const Device device = group.inputs.front()->value().device();
+    StreamImpl& stream = stream_for(device, wait_stream);
+    std::vector<const float*> in;
+    for (AwaitState<Tensor>* s : group.inputs) {
+      settle(*s, &stream);
+      in.push_back(static_cast<const float*>(s->value().data_ptr()));
+    }
+    std::vector<float*> out;
+    for (std::size_t m = 0; m < group.members.size(); ++m) {
+      if (!group.materialize[m]) continue;
+      outputs.push_back(allocate_tensor(group.shape, DType::f32, stream, "fused"));
+      out.push_back(static_cast<float*>(outputs.back().data_ptr()));
+    }
+    if (launch_log_enabled()) {
+      std::string ops;
+      for (OpNode* node : group.members) ops += (ops.empty() ? "" : ", ") + std::string(short_name(node->spec()));
+      std::fprintf(stderr, "defer: launch fused(%s) -> %s, %zu output(s) on %s stream %llu (%s)\n", ops.c_str(),
+                   shape_str(group.shape).c_str(), out.size(), device.str().c_str(),
+                   static_cast<unsigned long long>(stream.id()), reason);
+    }
+    if (group.layout->numel() > 0) {
+#ifdef DEFER_HAVE_CUDA
+      if (device.is_cuda()) {
+        launch_fused_cuda(*group.program, *group.layout, in.data(), out.data(), group.scalars.data(),
+                          cuda_handle(stream), device.index());
+      } else
+#endif
+      {
+        enqueue_cpu(stream, [program = group.program, layout = group.layout, in, out, scalars = group.scalars] {
+          kernels::cpu::run_fused(*program, *layout, in.data(), out.data(), scalars.data());
+        });
+      }
+      auto& counters = stats_counters();
+      counters.kernel_launches.fetch_add(1, std::memory_order_relaxed);
+      counters.fused_kernels.fetch_add(1, std::memory_order_relaxed);
+    }
+    const Completion done{device, stream.id(), stream.record()};
+    std::size_t k = 0;
+    for (std::size_t m = 0; m < group.members.size(); ++m)
+      if (group.materialize[m]) group.members[m]->publish(std::move(outputs[k++]), done);
+  } catch (...) {
+    for (std::size_t m = 0; m < group.members.size(); ++m)
+      if (group.materialize[m] && !group.members[m]->done()) group.members[m]->fail(std::current_exception());
+  }
+  // Members nobody can wait any more never get a tensor; they die with their consumers.
+  for (std::size_t m = 0; m < group.members.size(); ++m)
+    if (!group.materialize[m]) group.members[m]->unclaim();
+}
+
+}  // namespace defer::detail

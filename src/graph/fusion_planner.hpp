@@ -1,0 +1,52 @@
+#pragma once
+// Fusion at wait time: which pending element-wise nodes of a plan run together as one fused kernel,
+// which of them are materialized (their tensor is written), and the FusedProgram that computes them.
+#include <cstddef>
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+#include "fusion/fused_program.hpp"
+#include "graph/op_node.hpp"
+
+namespace defer::detail {
+
+// A group of element-wise nodes over one output shape, in topological order.
+struct FusionGroup {
+  std::vector<OpNode*> members;
+  std::vector<bool> materialize;                // per member: write its tensor
+  std::vector<AwaitState<Tensor>*> inputs;      // the group's external inputs (done states)
+  std::shared_ptr<kernels::FusedProgram> program;
+  std::shared_ptr<kernels::FusedLayout> layout;
+  std::vector<float> scalars;
+  Shape shape;
+};
+
+struct FusionPlan {
+  std::vector<int> group_of;  // per node of the plan's order: its group, or -1 (runs unfused)
+  std::vector<FusionGroup> groups;
+  // The output shape of every node of the plan: groups are built before the nodes they read ran.
+  std::unordered_map<const AwaitStateBase*, Shape> shapes;
+};
+
+// Groups the element-wise nodes of `order` (topological, all claimed, every input done or in
+// `order`). A node joins the group of its pending inputs when they all belong to one open group of
+// its shape and the caps allow; a group that a node outside it consumes is closed, which keeps the
+// groups acyclic. Groups of a single node are dissolved (the node runs its own kernel). Returns an
+// empty plan (nothing fused) when any node's shape cannot be inferred: the per-node path then
+// reports the error where it belongs.
+FusionPlan plan_fusion(const std::vector<OpNode*>& order);
+
+// Builds groups[g]'s program, layout and scalars. Returns false when the result would exceed the
+// fused-kernel caps (the group then runs unfused).
+bool build_program(FusionGroup& group, const FusionPlan& plan);
+
+// Launches a built group on `stream` and publishes its materialized members; the others go back
+// to pending (nobody holds them: they die with their consumers). Errors are cached in the
+// materialized members.
+void launch_group(FusionGroup& group, StreamImpl& wait_stream, const char* reason);
+
+// Collapses the output shape and every input's broadcast strides into as few dims as possible.
+kernels::FusedLayout make_fused_layout(const Shape& out, const std::vector<Shape>& inputs);
+
+}  // namespace defer::detail

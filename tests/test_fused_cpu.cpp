@@ -1,0 +1,1010 @@
+// The CPU fused-program interpreter (kernels/cpu/fused.hpp), the program's structure key and
+// validation (kernels/fusion/fused_program.hpp), and the CPU thread pool.
+//
+// Random programs (DAGs over several inputs with every op) run on random broadcast layouts and are
+// compared twice: with the same ops run one by one through the unfused kernels of cpu/ops.hpp,
+// which use the same float math and so must agree to the last bit or so; and with a float64
+// evaluation that carries a running bound on the float evaluation's error, so the tolerance
+// follows each element's actual conditioning (cancellations, steep functions) instead of a fixed
+// relative tolerance that no chain of ops could promise. Outputs are poisoned before every run
+// (a NaN payload no arithmetic produces) and guarded past their end.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <bit>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <limits>
+#include <numbers>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cpu/fused.hpp"
+#include "cpu/ops.hpp"
+#include "cpu/thread_pool.hpp"
+#include "fusion/fused_program.hpp"
+
+namespace {
+
+using namespace defer::kernels;
+using cpu::FusedRunOptions;
+using cpu::ThreadPool;
+using i64 = std::int64_t;
+using u16 = std::uint16_t;
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr float kFloatMax = std::numeric_limits<float>::max();
+constexpr std::uint32_t kPoisonBits = 0x7fe5a5a5u;
+constexpr i64 kGuard = 16;
+
+constexpr UnaryOp kUnaryOps[] = {UnaryOp::neg,  UnaryOp::abs,     UnaryOp::exp,  UnaryOp::log,
+                                 UnaryOp::sqrt, UnaryOp::tanh,    UnaryOp::sigmoid, UnaryOp::relu,
+                                 UnaryOp::silu, UnaryOp::gelu,    UnaryOp::gelu_tanh};
+constexpr BinaryOp kBinaryOps[] = {BinaryOp::add, BinaryOp::sub,     BinaryOp::mul,
+                                   BinaryOp::div, BinaryOp::maximum, BinaryOp::minimum};
+
+// ---------------------------------------------------------------------------------------------
+// building programs
+
+FusedInstr load(int input) { return {FusedKind::load, 0, static_cast<u16>(input), 0}; }
+FusedInstr unary(UnaryOp op, int a) {
+  return {FusedKind::unary, static_cast<std::uint8_t>(op), static_cast<u16>(a), 0};
+}
+FusedInstr binary(BinaryOp op, int a, int b) {
+  return {FusedKind::binary, static_cast<std::uint8_t>(op), static_cast<u16>(a), static_cast<u16>(b)};
+}
+FusedInstr scalar_op(BinaryOp op, int a, int s) {
+  return {FusedKind::binary_scalar, static_cast<std::uint8_t>(op), static_cast<u16>(a), static_cast<u16>(s)};
+}
+
+FusedProgram make_program(std::vector<FusedInstr> code, std::vector<u16> outputs, int inputs, int scalars) {
+  FusedProgram p;
+  p.code = std::move(code);
+  p.outputs = std::move(outputs);
+  p.num_inputs = static_cast<u16>(inputs);
+  p.num_scalars = static_cast<u16>(scalars);
+  return p;
+}
+
+std::string describe(const FusedProgram& p) {
+  std::string s;
+  for (std::size_t i = 0; i < p.code.size(); ++i) {
+    const FusedInstr& in = p.code[i];
+    s += "  v" + std::to_string(i) + " = ";
+    switch (in.kind) {
+      case FusedKind::load: s += "load in" + std::to_string(in.a); break;
+      case FusedKind::unary: s += std::string(name(static_cast<UnaryOp>(in.op))) + " v" + std::to_string(in.a); break;
+      case FusedKind::binary:
+        s += std::string(name(static_cast<BinaryOp>(in.op))) + " v" + std::to_string(in.a) + " v" + std::to_string(in.b);
+        break;
+      case FusedKind::binary_scalar:
+        s += std::string(name(static_cast<BinaryOp>(in.op))) + " v" + std::to_string(in.a) + " s" + std::to_string(in.b);
+        break;
+    }
+    s += "\n";
+  }
+  s += "  outputs:";
+  for (u16 o : p.outputs) s += " v" + std::to_string(o);
+  return s;
+}
+
+// A random DAG: starts with a load, then loads (sometimes of an input already loaded), unary,
+// binary and scalar ops whose operands are mostly recent values (long chains) and sometimes any
+// earlier value (wide DAGs, values with several readers).
+FusedProgram random_program(std::mt19937& gen, int num_inputs, int num_scalars, int length) {
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(gen); };
+  auto operand = [&](int defined) { return pick(0, 9) < 6 ? std::max(0, defined - 1 - pick(0, 2)) : pick(0, defined - 1); };
+  std::vector<FusedInstr> code;
+  code.push_back(load(pick(0, num_inputs - 1)));
+  for (int i = 1; i < length; ++i) {
+    int kind = pick(0, 99);
+    if (kind >= 80 && num_scalars == 0) kind = 50;
+    if (kind < 12) code.push_back(load(pick(0, num_inputs - 1)));
+    else if (kind < 50) code.push_back(unary(kUnaryOps[pick(0, 10)], operand(i)));
+    else if (kind < 80) code.push_back(binary(kBinaryOps[pick(0, 5)], operand(i), operand(i)));
+    else code.push_back(scalar_op(kBinaryOps[pick(0, 5)], operand(i), pick(0, num_scalars - 1)));
+  }
+  std::vector<u16> outputs;
+  const int count = pick(1, 3);
+  for (int j = 0; j < count; ++j) outputs.push_back(static_cast<u16>(pick(0, 1) ? length - 1 : pick(0, length - 1)));
+  return make_program(std::move(code), std::move(outputs), num_inputs, num_scalars);
+}
+
+// ---------------------------------------------------------------------------------------------
+// layouts and inputs
+
+struct Input {
+  std::vector<float> storage;
+  i64 base = 0;  // the element the layout's offsets count from (negative strides read below it)
+  const float* data() const { return storage.data() + base; }
+};
+
+struct Case {
+  FusedProgram program;
+  FusedLayout layout;
+  std::vector<Input> inputs;
+  std::vector<float> scalars;
+  std::string what;
+
+  std::vector<const float*> input_ptrs() const {
+    std::vector<const float*> v;
+    for (const auto& in : inputs) v.push_back(in.data());
+    return v;
+  }
+};
+
+float random_value(std::mt19937& gen, float lo = -4.f, float hi = 4.f) {
+  std::uniform_real_distribution<float> dist(lo, hi);
+  float x;
+  do x = dist(gen);
+  while (x == 0.f);
+  return x;
+}
+
+// A row-major shape with n elements: n's prime factors spread over 1-5 dims, extent-1 dims
+// included; n == 0 puts a 0 among small dims; n == 1 may be 0-dimensional.
+FusedLayout random_shape(i64 n, std::mt19937& gen) {
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(gen); };
+  FusedLayout l;
+  if (n == 0) {
+    l.ndim = pick(1, 4);
+    for (int d = 0; d < l.ndim; ++d) l.shape[static_cast<std::size_t>(d)] = pick(1, 3);
+    l.shape[static_cast<std::size_t>(pick(0, l.ndim - 1))] = 0;
+    return l;
+  }
+  l.ndim = n == 1 ? pick(0, 3) : pick(1, 5);
+  for (int d = 0; d < l.ndim; ++d) l.shape[static_cast<std::size_t>(d)] = 1;
+  i64 rest = n;
+  for (i64 f = 2; f * f <= rest; ++f)
+    while (rest % f == 0) {
+      l.shape[static_cast<std::size_t>(pick(0, l.ndim - 1))] *= f;
+      rest /= f;
+    }
+  if (rest > 1) l.shape[static_cast<std::size_t>(pick(0, l.ndim - 1))] *= rest;
+  return l;
+}
+
+enum class Pattern { contiguous, broadcast, strided, any };
+
+// Strides for one input over the layout's shape, and storage holding exactly what they reach.
+// contiguous: row-major; broadcast: row-major over its own shape with some dims broadcast (stride
+// 0); strided: dims stored in a random order, some padded, some reversed (negative stride), some
+// overlapping (a small stride, as in a sliding-window view), some broadcast. Extent-1 dims
+// sometimes get a junk stride, which must not matter.
+Input random_input(FusedLayout& layout, Pattern pattern, std::mt19937& gen, float lo = -4.f, float hi = 4.f) {
+  auto pick = [&](int a, int b) { return std::uniform_int_distribution<int>(a, b)(gen); };
+  if (pattern == Pattern::any) pattern = static_cast<Pattern>(pick(0, 2));
+  const int nd = layout.ndim;
+  std::array<i64, kMaxDims> extent{}, stride{};
+  std::array<bool, kMaxDims> bcast{};
+  bool any_bcast = false;
+  for (int d = 0; d < nd; ++d) {
+    const auto du = static_cast<std::size_t>(d);
+    bcast[du] = pattern != Pattern::contiguous && layout.shape[du] > 1 && pick(0, 9) < 4;
+    any_bcast = any_bcast || bcast[du];
+    extent[du] = bcast[du] ? 1 : layout.shape[du];
+  }
+  if (pattern == Pattern::broadcast && !any_bcast)  // broadcast the first dim that can be
+    for (int d = 0; d < nd; ++d) {
+      const auto du = static_cast<std::size_t>(d);
+      if (layout.shape[du] > 1) {
+        bcast[du] = true;
+        extent[du] = 1;
+        break;
+      }
+    }
+  std::array<int, kMaxDims> order{};  // storage order, innermost first
+  for (int d = 0; d < nd; ++d) order[static_cast<std::size_t>(d)] = nd - 1 - d;
+  if (pattern == Pattern::strided) std::shuffle(order.begin(), order.begin() + nd, gen);
+  i64 step = 1;
+  for (int k = 0; k < nd; ++k) {
+    const auto du = static_cast<std::size_t>(order[static_cast<std::size_t>(k)]);
+    stride[du] = step;
+    step *= extent[du] * (pattern == Pattern::strided && pick(0, 3) == 0 ? 2 : 1);
+  }
+  Input in;
+  i64 span = 1;
+  for (int d = 0; d < nd; ++d) {
+    const auto du = static_cast<std::size_t>(d);
+    if (bcast[du]) stride[du] = 0;
+    else if (layout.shape[du] == 1 && pick(0, 3) == 0) stride[du] = 12345;  // never stepped
+    else if (pattern == Pattern::strided && pick(0, 4) == 0) stride[du] = pick(1, 3);  // overlapping windows
+    else if (pattern == Pattern::strided && pick(0, 3) == 0) {
+      in.base += (extent[du] - 1) * stride[du];
+      stride[du] = -stride[du];
+    }
+    if (layout.shape[du] > 1) span += (extent[du] - 1) * std::abs(stride[du]);
+  }
+  in.storage.resize(static_cast<std::size_t>(span));
+  for (auto& x : in.storage) x = random_value(gen, lo, hi);
+  layout.strides.push_back(stride);
+  return in;
+}
+
+Case random_case(i64 n, std::mt19937& gen, int max_length = 40) {
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(gen); };
+  Case c;
+  const int num_inputs = pick(1, 4);
+  const int num_scalars = pick(0, 3);
+  c.program = random_program(gen, num_inputs, num_scalars, pick(1, max_length));
+  c.layout = random_shape(n, gen);
+  for (int i = 0; i < num_inputs; ++i) c.inputs.push_back(random_input(c.layout, Pattern::any, gen));
+  for (int k = 0; k < num_scalars; ++k) c.scalars.push_back(random_value(gen, -3.f, 3.f));
+  c.what = "n = " + std::to_string(n) + ", shape [";
+  for (int d = 0; d < c.layout.ndim; ++d)
+    c.what += (d ? ", " : "") + std::to_string(c.layout.shape[static_cast<std::size_t>(d)]);
+  c.what += "], key " + structure_key(c.program, c.layout) + "\n" + describe(c.program);
+  return c;
+}
+
+// The flat offset input i reads for output element e (independent of the interpreter's odometer).
+i64 offset_of(const FusedLayout& l, std::size_t input, i64 e) {
+  i64 off = 0;
+  for (int d = l.ndim - 1; d >= 0; --d) {
+    const auto du = static_cast<std::size_t>(d);
+    off += (e % l.shape[du]) * l.strides[input][du];
+    e /= l.shape[du];
+  }
+  return off;
+}
+
+// ---------------------------------------------------------------------------------------------
+// references
+
+// The same program run unfused: each load materialized, each instruction one call of cpu/ops.hpp
+// over the whole tensor. Buffers are dropped after their last reader.
+std::vector<std::vector<float>> eval_unfused(const Case& c) {
+  const FusedProgram& p = c.program;
+  const i64 n = c.layout.numel();
+  const auto nu = static_cast<std::size_t>(n);
+  std::vector<int> last(p.code.size(), -1);
+  for (std::size_t v = 0; v < p.code.size(); ++v) {
+    const FusedInstr& in = p.code[v];
+    if (in.kind != FusedKind::load) last[in.a] = static_cast<int>(v);
+    if (in.kind == FusedKind::binary) last[in.b] = static_cast<int>(v);
+  }
+  for (u16 o : p.outputs) last[o] = static_cast<int>(p.code.size());
+  std::vector<std::vector<float>> val(p.code.size());
+  for (std::size_t v = 0; v < p.code.size(); ++v) {
+    const FusedInstr& in = p.code[v];
+    auto& out = val[v];
+    out.resize(nu);
+    switch (in.kind) {
+      case FusedKind::load: {
+        const float* src = c.inputs[in.a].data();
+        for (i64 e = 0; e < n; ++e) out[static_cast<std::size_t>(e)] = src[offset_of(c.layout, in.a, e)];
+        break;
+      }
+      case FusedKind::unary: cpu::unary(static_cast<UnaryOp>(in.op), val[in.a].data(), out.data(), n); break;
+      case FusedKind::binary:
+        cpu::binary(static_cast<BinaryOp>(in.op), val[in.a].data(), val[in.b].data(), out.data(), n, nullptr);
+        break;
+      case FusedKind::binary_scalar:
+        cpu::binary_scalar(static_cast<BinaryOp>(in.op), val[in.a].data(), c.scalars[in.b], out.data(), n);
+        break;
+    }
+    for (std::size_t u = 0; u < v; ++u)
+      if (last[u] == static_cast<int>(v)) val[u] = {};
+  }
+  std::vector<std::vector<float>> outs;
+  for (u16 o : p.outputs) outs.push_back(val[o]);
+  return outs;
+}
+
+// A float64 value with a bound on how far the float evaluation of the same expression can be from
+// it: each op propagates its operands' bounds through the function's Lipschitz constant (or the
+// exact interval bound for exp, log, sqrt, mul and div) and adds its own rounding, a few units in
+// the last place for libm functions. `ok` is false where the bound says nothing: an operand
+// interval that crosses a domain edge (log, sqrt, a divisor near 0) or magnitudes near float's
+// overflow. A NaN with ok set is a NaN the float evaluation must produce too.
+struct Bounded {
+  double v = 0;
+  double err = 0;
+  bool ok = true;
+};
+
+constexpr double kUnit = 0x1p-24;      // float's unit roundoff
+constexpr double kUnderflow = 0x1p-140;  // absolute slack per rounding, for subnormal results
+
+Bounded rounded(double r, double err, double ulps) {
+  Bounded b{r, err + ulps * kUnit * (std::fabs(r) + err) + (ulps > 0 ? kUnderflow : 0.0), true};
+  if (std::isnan(r)) return b;
+  if (!std::isfinite(r) || !std::isfinite(b.err) || std::fabs(r) + b.err > 1e37) b.ok = false;
+  return b;
+}
+
+constexpr Bounded kUnreliable{0, 0, false};
+constexpr Bounded kCertainNaN{std::numeric_limits<double>::quiet_NaN(), 0, true};
+
+double sigmoid_d(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+
+Bounded apply(UnaryOp op, Bounded a) {
+  if (!a.ok) return kUnreliable;
+  if (std::isnan(a.v)) return kCertainNaN;
+  const double x = a.v, e = a.err;
+  switch (op) {
+    case UnaryOp::neg: return rounded(-x, e, 0);
+    case UnaryOp::abs: return rounded(std::fabs(x), e, 0);
+    case UnaryOp::relu: return rounded(x < 0 ? 0.0 : x, e, 0);
+    case UnaryOp::exp: {
+      const double r = std::exp(x);
+      return rounded(r, r * std::expm1(e), 4);
+    }
+    case UnaryOp::log:
+      if (x - e > 0) return rounded(std::log(x), -std::log1p(-e / x), 4);
+      return x + e < 0 ? kCertainNaN : kUnreliable;
+    case UnaryOp::sqrt:
+      if (x - e >= 0) {
+        const double r = std::sqrt(x);
+        return rounded(r, e == 0 ? 0.0 : e / (r + std::sqrt(x - e)), 1);
+      }
+      return x + e < 0 ? kCertainNaN : kUnreliable;
+    case UnaryOp::tanh: return rounded(std::tanh(x), e, 8);
+    case UnaryOp::sigmoid: return rounded(sigmoid_d(x), 0.25 * e, 16);
+    case UnaryOp::silu: return rounded(x * sigmoid_d(x), 1.1 * e, 16);
+    case UnaryOp::gelu: return rounded(0.5 * x * std::erfc(-x / std::numbers::sqrt2), 1.2 * e, 4);
+    case UnaryOp::gelu_tanh: {
+      const double u = std::sqrt(2.0 / std::numbers::pi) * (x + 0.044715 * x * x * x);
+      return rounded(x * sigmoid_d(2.0 * u), 1.2 * e, 4);
+    }
+  }
+  return kUnreliable;
+}
+
+Bounded apply(BinaryOp op, Bounded a, Bounded b) {
+  if ((a.ok && std::isnan(a.v)) || (b.ok && std::isnan(b.v))) return kCertainNaN;
+  if (!a.ok || !b.ok) return kUnreliable;
+  switch (op) {
+    case BinaryOp::add: return rounded(a.v + b.v, a.err + b.err, 1);
+    case BinaryOp::sub: return rounded(a.v - b.v, a.err + b.err, 1);
+    case BinaryOp::mul:
+      return rounded(a.v * b.v, std::fabs(a.v) * b.err + std::fabs(b.v) * a.err + a.err * b.err, 1);
+    case BinaryOp::div: {
+      const double m = std::fabs(b.v);
+      if (m - b.err <= 0) return kUnreliable;
+      return rounded(a.v / b.v, (a.err * m + std::fabs(a.v) * b.err) / (m * (m - b.err)), 1);
+    }
+    case BinaryOp::maximum: return rounded(std::max(a.v, b.v), std::max(a.err, b.err), 0);
+    case BinaryOp::minimum: return rounded(std::min(a.v, b.v), std::max(a.err, b.err), 0);
+  }
+  return kUnreliable;
+}
+
+std::vector<Bounded> eval_bounded(const Case& c, i64 e) {
+  const FusedProgram& p = c.program;
+  std::vector<Bounded> val(p.code.size());
+  for (std::size_t v = 0; v < p.code.size(); ++v) {
+    const FusedInstr& in = p.code[v];
+    switch (in.kind) {
+      case FusedKind::load: val[v] = {c.inputs[in.a].data()[offset_of(c.layout, in.a, e)], 0, true}; break;
+      case FusedKind::unary: val[v] = apply(static_cast<UnaryOp>(in.op), val[in.a]); break;
+      case FusedKind::binary: val[v] = apply(static_cast<BinaryOp>(in.op), val[in.a], val[in.b]); break;
+      case FusedKind::binary_scalar:
+        val[v] = apply(static_cast<BinaryOp>(in.op), val[in.a], Bounded{c.scalars[in.b], 0, true});
+        break;
+    }
+  }
+  std::vector<Bounded> outs;
+  for (u16 o : p.outputs) outs.push_back(val[o]);
+  return outs;
+}
+
+// ---------------------------------------------------------------------------------------------
+// running and comparing
+
+std::uint32_t bits(float x) { return std::bit_cast<std::uint32_t>(x); }
+
+// Output buffers of n floats plus a guard, all poisoned.
+struct Outputs {
+  Outputs(std::size_t count, i64 n) : n_(n), bufs(count, std::vector<float>(static_cast<std::size_t>(n + kGuard), std::bit_cast<float>(kPoisonBits))) {
+    for (auto& b : bufs) ptrs.push_back(b.data());
+  }
+  // Every element written (nothing left poisoned), nothing past the end touched.
+  void expect_written(const std::string& ctx) const {
+    for (std::size_t j = 0; j < bufs.size(); ++j) {
+      i64 unwritten = 0, first = -1;
+      for (i64 i = 0; i < n_; ++i)
+        if (bits(bufs[j][static_cast<std::size_t>(i)]) == kPoisonBits && unwritten++ == 0) first = i;
+      EXPECT_EQ(unwritten, 0) << ctx << "\noutput " << j << ": " << unwritten << " of " << n_
+                              << " elements not written, first at " << first;
+      for (i64 i = n_; i < n_ + kGuard; ++i)
+        if (bits(bufs[j][static_cast<std::size_t>(i)]) != kPoisonBits) {
+          ADD_FAILURE() << ctx << "\noutput " << j << ": written past its end (element " << i << ")";
+          break;
+        }
+    }
+  }
+  i64 n_;
+  std::vector<std::vector<float>> bufs;
+  std::vector<float*> ptrs;
+};
+
+// Fused against unfused: the same float math in the same order, so equal up to (in practice
+// exactly) the last bit; NaN where the other is NaN, the same infinity.
+bool same_float(float got, float want) {
+  if (std::isnan(want)) return std::isnan(got);
+  if (std::isinf(want)) return got == want;
+  return std::fabs(static_cast<double>(got) - want) <= 1e-6 * std::fabs(static_cast<double>(want)) + 1e-38;
+}
+
+void expect_matches_unfused(const std::string& ctx, const Outputs& got, const std::vector<std::vector<float>>& want) {
+  got.expect_written(ctx);
+  for (std::size_t j = 0; j < want.size(); ++j) {
+    i64 bad = 0;
+    for (std::size_t i = 0; i < want[j].size(); ++i)
+      if (!same_float(got.bufs[j][i], want[j][i]) && bad++ < 3)
+        ADD_FAILURE() << ctx << "\noutput " << j << " element " << i << ": fused " << got.bufs[j][i] << ", unfused "
+                      << want[j][i];
+    EXPECT_EQ(bad, 0) << ctx << "\noutput " << j << ": " << bad << " of " << want[j].size() << " elements differ";
+  }
+}
+
+struct Float64Stats {
+  i64 checked = 0;   // finite, bounded
+  i64 nan = 0;       // NaN for certain
+  i64 skipped = 0;   // no useful bound
+};
+
+// The float results against float64 within each element's propagated bound (twice, for slack).
+void expect_matches_float64(const std::string& ctx, const Case& c, const Outputs& got, Float64Stats& stats) {
+  const i64 n = c.layout.numel();
+  std::vector<i64> sample;  // every element, or a spread sample and the last
+  const i64 step = n <= 70000 ? 1 : n / 16384;
+  for (i64 e = 0; e < n; e += step) sample.push_back(e);
+  if (n > 0 && sample.back() != n - 1) sample.push_back(n - 1);
+  i64 bad = 0;
+  for (i64 e : sample) {
+    const auto ref = eval_bounded(c, e);
+    for (std::size_t j = 0; j < ref.size(); ++j) {
+      const Bounded& r = ref[j];
+      const float f = got.bufs[j][static_cast<std::size_t>(e)];
+      bool good = true;
+      if (!r.ok) {
+        ++stats.skipped;
+        continue;
+      }
+      if (std::isnan(r.v)) {
+        ++stats.nan;
+        good = std::isnan(f);
+      } else {
+        ++stats.checked;
+        good = std::fabs(static_cast<double>(f) - r.v) <= 2 * r.err;
+      }
+      if (!good && bad++ < 3)
+        ADD_FAILURE() << ctx << "\noutput " << j << " element " << e << ": fused " << f << ", float64 " << r.v
+                      << " +- " << r.err;
+    }
+  }
+  EXPECT_EQ(bad, 0) << ctx;
+}
+
+// Runs the case's program with the given options into fresh poisoned outputs.
+Outputs run(const Case& c, const FusedRunOptions& options) {
+  Outputs out(c.program.outputs.size(), c.layout.numel());
+  const auto in = c.input_ptrs();
+  cpu::run_fused(c.program, c.layout, in.data(), out.ptrs.data(), c.scalars.data(), options);
+  return out;
+}
+
+Outputs run(const Case& c) {
+  Outputs out(c.program.outputs.size(), c.layout.numel());
+  const auto in = c.input_ptrs();
+  cpu::run_fused(c.program, c.layout, in.data(), out.ptrs.data(), c.scalars.data());
+  return out;
+}
+
+FusedRunOptions single_thread(i64 chunk) {
+  FusedRunOptions o;
+  o.chunk = chunk;
+  o.parallel_min = std::numeric_limits<i64>::max();
+  return o;
+}
+
+FusedRunOptions on_pool(ThreadPool& pool, i64 chunk) {
+  FusedRunOptions o;
+  o.chunk = chunk;
+  o.parallel_min = 0;
+  o.pool = &pool;
+  return o;
+}
+
+// ---------------------------------------------------------------------------------------------
+// random programs
+
+TEST(FusedCpu, RandomProgramsMatchUnfusedAndFloat64) {
+  struct Size {
+    i64 n;
+    int programs;
+  };
+  const Size sizes[] = {{0, 20}, {1, 40}, {3, 40}, {1023, 30}, {4097, 20}, {65537, 8}, {i64{1} << 20, 3}};
+  const i64 chunks[] = {1, 5, 64, 1000, 4096};
+  ThreadPool pool(3);
+  std::mt19937 gen(20240611);
+  Float64Stats stats;
+  for (const Size& s : sizes)
+    for (int k = 0; k < s.programs; ++k) {
+      const Case c = random_case(s.n, gen);
+      ASSERT_NO_THROW(validate(c.program, c.layout)) << c.what;
+      const auto want = eval_unfused(c);
+      const Outputs fused = run(c);  // the default: chunked, split over the shared pool when large
+      expect_matches_unfused(c.what + "\n(default options)", fused, want);
+      expect_matches_float64(c.what, c, fused, stats);
+      const i64 chunk = chunks[std::uniform_int_distribution<int>(0, 4)(gen)];
+      if (s.n <= 65537)
+        expect_matches_unfused(c.what + "\n(single thread, chunk " + std::to_string(chunk) + ")",
+                               run(c, single_thread(chunk)), want);
+      expect_matches_unfused(c.what + "\n(pool of 3, chunk " + std::to_string(std::max<i64>(chunk, 64)) + ")",
+                             run(c, on_pool(pool, std::max<i64>(chunk, 64))), want);
+      if (::testing::Test::HasFailure()) return;
+    }
+  const i64 total = stats.checked + stats.nan + stats.skipped;
+  std::printf("float64 comparison: %lld bounded, %lld certain NaN, %lld without a bound, of %lld\n",
+              static_cast<long long>(stats.checked), static_cast<long long>(stats.nan),
+              static_cast<long long>(stats.skipped), static_cast<long long>(total));
+  EXPECT_GT(stats.checked, total / 3) << "too few elements had a usable float64 bound";
+}
+
+// Every op alone, and every op after a broadcast load, against the one-op kernels: bit for bit.
+TEST(FusedCpu, EachOpEqualsItsUnfusedKernel) {
+  std::mt19937 gen(7);
+  const i64 n = 4097;
+  for (UnaryOp op : kUnaryOps)
+    for (Pattern pattern : {Pattern::contiguous, Pattern::broadcast}) {
+      Case c;
+      c.program = make_program({load(0), unary(op, 0)}, {1}, 1, 0);
+      c.layout.ndim = 2;
+      c.layout.shape[0] = 17;
+      c.layout.shape[1] = 241;
+      c.inputs.push_back(random_input(c.layout, pattern, gen, -6.f, 6.f));
+      const auto want = eval_unfused(c);
+      const Outputs got = run(c);
+      got.expect_written(name(op));
+      for (i64 i = 0; i < n; ++i) {
+        const float g = got.bufs[0][static_cast<std::size_t>(i)], w = want[0][static_cast<std::size_t>(i)];
+        ASSERT_TRUE(bits(g) == bits(w) || (std::isnan(g) && std::isnan(w))) << name(op) << " element " << i;
+      }
+    }
+  for (BinaryOp op : kBinaryOps)
+    for (bool with_scalar : {false, true}) {
+      Case c;
+      c.program = with_scalar ? make_program({load(0), scalar_op(op, 0, 0)}, {1}, 1, 1)
+                              : make_program({load(0), load(1), binary(op, 0, 1)}, {2}, 2, 0);
+      c.layout.ndim = 1;
+      c.layout.shape[0] = n;
+      c.inputs.push_back(random_input(c.layout, Pattern::contiguous, gen));
+      if (!with_scalar) c.inputs.push_back(random_input(c.layout, Pattern::contiguous, gen));
+      c.scalars = {0.75f};
+      const auto want = eval_unfused(c);
+      const Outputs got = run(c);
+      got.expect_written(name(op));
+      for (i64 i = 0; i < n; ++i)
+        ASSERT_EQ(bits(got.bufs[0][static_cast<std::size_t>(i)]), bits(want[0][static_cast<std::size_t>(i)]))
+            << name(op) << (with_scalar ? " (scalar)" : "") << " element " << i;
+    }
+}
+
+// The benchmark's chain: 8 ops, one input, one scalar per step, at a size that uses the pool.
+TEST(FusedCpu, ChainOfEightLarge) {
+  std::mt19937 gen(8);
+  Case c;
+  c.program = make_program({load(0), scalar_op(BinaryOp::mul, 0, 0), scalar_op(BinaryOp::add, 1, 1),
+                            unary(UnaryOp::relu, 2), scalar_op(BinaryOp::sub, 3, 2), unary(UnaryOp::tanh, 4),
+                            scalar_op(BinaryOp::maximum, 5, 3), unary(UnaryOp::abs, 6), unary(UnaryOp::neg, 7)},
+                           {8}, 1, 4);
+  c.layout.ndim = 1;
+  c.layout.shape[0] = i64{1} << 20;
+  c.inputs.push_back(random_input(c.layout, Pattern::contiguous, gen));
+  c.scalars = {1.5f, 0.25f, 2.f, -0.5f};
+  const auto want = eval_unfused(c);
+  expect_matches_unfused("chain of 8", run(c), want);
+  expect_matches_unfused("chain of 8, single thread", run(c, single_thread(2048)), want);
+}
+
+// An output that is a plain load is still written (a copy of the input, or of its broadcast); one
+// value may feed several outputs; an output may be any value, not only the last.
+TEST(FusedCpu, OutputsThatAreLoadsOrRepeated) {
+  std::mt19937 gen(9);
+  for (Pattern pattern : {Pattern::contiguous, Pattern::broadcast, Pattern::strided})
+    for (i64 chunk : {i64{3}, i64{2048}}) {
+      Case c;
+      c.program = make_program({load(0), unary(UnaryOp::exp, 0), load(0), binary(BinaryOp::add, 1, 2)}, {0, 3, 3, 2, 1}, 1, 0);
+      c.layout.ndim = 3;
+      c.layout.shape = {5, 7, 9};
+      c.inputs.push_back(random_input(c.layout, pattern, gen));
+      const auto want = eval_unfused(c);
+      expect_matches_unfused("loads and repeated outputs", run(c, single_thread(chunk)), want);
+      for (i64 e = 0; e < c.layout.numel(); ++e)
+        ASSERT_EQ(want[0][static_cast<std::size_t>(e)], c.inputs[0].data()[offset_of(c.layout, 0, e)]);
+    }
+}
+
+// Each output may be the very buffer of a contiguous input (in-place update): later instructions
+// of the program still read the input's old values.
+TEST(FusedCpu, OutputAliasingAContiguousInput) {
+  std::mt19937 gen(10);
+  for (i64 n : {i64{1}, i64{1023}, i64{1} << 19}) {
+    Case c;
+    // v1 = exp(x) goes to x's own buffer; v3 = x + v1 and v2 (= y * 2) read x and y after that
+    c.program = make_program({load(0), unary(UnaryOp::exp, 0), load(1), binary(BinaryOp::add, 0, 1),
+                              scalar_op(BinaryOp::mul, 2, 0)},
+                             {1, 3, 4}, 2, 1);
+    c.layout.ndim = 1;
+    c.layout.shape[0] = n;
+    c.inputs.push_back(random_input(c.layout, Pattern::contiguous, gen));
+    c.inputs.push_back(random_input(c.layout, Pattern::contiguous, gen));
+    c.scalars = {2.f};
+    const auto want = eval_unfused(c);
+    for (bool pooled : {false, true}) {
+      Case fresh = c;
+      std::vector<float> other0(static_cast<std::size_t>(n));
+      float* outs[] = {fresh.inputs[0].storage.data(), other0.data(), fresh.inputs[1].storage.data()};
+      const auto in = fresh.input_ptrs();
+      ThreadPool pool(1);
+      cpu::run_fused(fresh.program, fresh.layout, in.data(), outs, fresh.scalars.data(),
+                     pooled ? on_pool(pool, 256) : single_thread(256));
+      for (i64 i = 0; i < n; ++i) {
+        const auto iu = static_cast<std::size_t>(i);
+        ASSERT_TRUE(same_float(fresh.inputs[0].storage[iu], want[0][iu])) << "n " << n << " element " << i;
+        ASSERT_TRUE(same_float(other0[iu], want[1][iu])) << "n " << n << " element " << i;
+        ASSERT_TRUE(same_float(fresh.inputs[1].storage[iu], want[2][iu])) << "n " << n << " element " << i;
+      }
+    }
+  }
+}
+
+// NaN and infinities flow through fused chains exactly as through the unfused kernels, and a NaN
+// made in the middle of a chain reaches the output.
+TEST(FusedCpu, NaNAndInfPropagation) {
+  const std::vector<float> special = {kNaN, kInf, -kInf, 0.f, -0.f, 1e-40f, -1e-40f, kFloatMax, -kFloatMax,
+                                      1.f, -1.f, 88.f, -88.f, 1e-30f, 3.f};
+  const i64 n = static_cast<i64>(special.size());
+  // every unary and binary op of special x special, alone and inside a chain
+  for (UnaryOp op : kUnaryOps) {
+    Case c;
+    c.program = make_program({load(0), unary(op, 0), scalar_op(BinaryOp::mul, 1, 0), unary(UnaryOp::neg, 2)}, {1, 3}, 1, 1);
+    c.layout.ndim = 1;
+    c.layout.shape[0] = n;
+    c.layout.strides = {{1}};
+    c.inputs.push_back({special, 0});
+    c.scalars = {kInf};
+    expect_matches_unfused(std::string("special values, ") + name(op), run(c, single_thread(4)), eval_unfused(c));
+  }
+  for (BinaryOp op : kBinaryOps) {
+    Case c;
+    c.program = make_program({load(0), load(1), binary(op, 0, 1), scalar_op(op, 2, 0), scalar_op(op, 0, 1)}, {2, 3, 4}, 2, 2);
+    c.layout.ndim = 2;
+    c.layout.shape[0] = n;
+    c.layout.shape[1] = n;
+    c.layout.strides = {{1, 0}, {0, 1}};  // an outer product: every pair of special values
+    c.inputs.push_back({special, 0});
+    c.inputs.push_back({special, 0});
+    c.scalars = {kNaN, -kInf};
+    expect_matches_unfused(std::string("special values, ") + name(op), run(c, single_thread(7)), eval_unfused(c));
+  }
+  // explicit expectations
+  Case c;
+  c.program = make_program({load(0), unary(UnaryOp::sqrt, 0), scalar_op(BinaryOp::add, 1, 0),
+                            scalar_op(BinaryOp::maximum, 2, 1), unary(UnaryOp::relu, 3), unary(UnaryOp::log, 0),
+                            binary(BinaryOp::div, 0, 0), unary(UnaryOp::exp, 0), scalar_op(BinaryOp::minimum, 0, 0)},
+                           {4, 5, 6, 7, 8}, 1, 2);
+  c.layout.ndim = 1;
+  c.layout.shape[0] = 5;
+  c.layout.strides = {{1}};
+  c.inputs.push_back({{-1.f, 0.f, kInf, kNaN, 4.f}, 0});
+  c.scalars = {1.f, 0.f};
+  const Outputs o = run(c);
+  o.expect_written("explicit");
+  const auto& relu_chain = o.bufs[0];  // relu(max(sqrt(x) + 1, 0))
+  EXPECT_TRUE(std::isnan(relu_chain[0]));
+  EXPECT_EQ(relu_chain[1], 1.f);
+  EXPECT_EQ(relu_chain[2], kInf);
+  EXPECT_TRUE(std::isnan(relu_chain[3]));
+  EXPECT_EQ(relu_chain[4], 3.f);
+  const auto& logs = o.bufs[1];
+  EXPECT_TRUE(std::isnan(logs[0]));
+  EXPECT_EQ(logs[1], -kInf);
+  EXPECT_EQ(logs[2], kInf);
+  EXPECT_TRUE(std::isnan(logs[3]));
+  const auto& self_div = o.bufs[2];  // x / x
+  EXPECT_TRUE(std::isnan(self_div[1]));
+  EXPECT_TRUE(std::isnan(self_div[2]));
+  EXPECT_EQ(self_div[4], 1.f);
+  EXPECT_EQ(o.bufs[3][2], kInf);  // exp(inf)
+  EXPECT_TRUE(std::isnan(o.bufs[3][3]));
+  EXPECT_TRUE(std::isnan(o.bufs[4][3]));  // min(NaN, 1)
+  EXPECT_EQ(o.bufs[4][2], 1.f);
+}
+
+// A broadcast-heavy layout: a bias row, a per-row scale and a scalar-like input, with the inputs'
+// dims in various storage orders; large enough for the pool.
+TEST(FusedCpu, BroadcastLayoutsLarge) {
+  std::mt19937 gen(11);
+  Case c;
+  c.program = make_program({load(0), load(1), binary(BinaryOp::add, 0, 1), load(2), binary(BinaryOp::mul, 2, 3),
+                            unary(UnaryOp::gelu_tanh, 4), load(3), binary(BinaryOp::sub, 5, 6)},
+                           {7}, 4, 0);
+  c.layout.ndim = 2;
+  c.layout.shape[0] = 1000;
+  c.layout.shape[1] = 1031;
+  c.layout.strides = {{1031, 1}, {0, 1}, {1, 0}, {0, 0}};
+  for (i64 span : {i64{1000} * 1031, i64{1031}, i64{1000}, i64{1}}) {
+    Input in;
+    in.storage.resize(static_cast<std::size_t>(span));
+    for (auto& x : in.storage) x = random_value(gen);
+    c.inputs.push_back(std::move(in));
+  }
+  const auto want = eval_unfused(c);
+  expect_matches_unfused("bias, row scale, scalar", run(c), want);
+  // the same with the first input transposed in storage
+  Case t = c;
+  for (i64 r = 0; r < 1000; ++r)
+    for (i64 k = 0; k < 1031; ++k)
+      t.inputs[0].storage[static_cast<std::size_t>(k * 1000 + r)] = c.inputs[0].storage[static_cast<std::size_t>(r * 1031 + k)];
+  t.layout.strides[0] = {1, 1000};
+  expect_matches_unfused("transposed first input", run(t), want);
+}
+
+// Several threads (think: several CPU streams) run large fused programs at once: one gets the
+// pool, the others run on their own thread; all results are right.
+TEST(FusedCpu, ConcurrentCallers) {
+  std::mt19937 gen(12);
+  std::vector<Case> cases;
+  std::vector<std::vector<std::vector<float>>> wants;
+  for (int t = 0; t < 4; ++t) {
+    cases.push_back(random_case(i64{1} << 18, gen, 12));
+    wants.push_back(eval_unfused(cases.back()));
+  }
+  std::vector<Outputs> got;
+  for (const auto& c : cases) got.emplace_back(c.program.outputs.size(), c.layout.numel());
+  std::vector<std::thread> threads;
+  for (std::size_t t = 0; t < cases.size(); ++t)
+    threads.emplace_back([&, t] {
+      const auto in = cases[t].input_ptrs();
+      for (int rep = 0; rep < 3; ++rep)
+        cpu::run_fused(cases[t].program, cases[t].layout, in.data(), got[t].ptrs.data(), cases[t].scalars.data());
+    });
+  for (auto& th : threads) th.join();
+  for (std::size_t t = 0; t < cases.size(); ++t) expect_matches_unfused(cases[t].what, got[t], wants[t]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// validate, structure_key, all_contiguous
+
+FusedLayout flat_layout(int inputs, i64 n = 8) {
+  FusedLayout l;
+  l.ndim = 1;
+  l.shape[0] = n;
+  for (int i = 0; i < inputs; ++i) l.strides.push_back({1});
+  return l;
+}
+
+void expect_invalid(const FusedProgram& p, const FusedLayout& l, const std::string& fragment) {
+  try {
+    validate(p, l);
+    ADD_FAILURE() << "validate accepted a program that should fail with \"" << fragment << "\":\n" << describe(p);
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos)
+        << "message \"" << e.what() << "\" does not mention \"" << fragment << "\"";
+  }
+}
+
+TEST(FusedProgramValidate, AcceptsWellFormed) {
+  EXPECT_NO_THROW(validate(make_program({load(0), load(1), binary(BinaryOp::div, 0, 1), unary(UnaryOp::gelu_tanh, 2),
+                                         scalar_op(BinaryOp::minimum, 3, 1)},
+                                        {4, 0}, 2, 2),
+                           flat_layout(2)));
+  FusedLayout zero_d;
+  zero_d.strides.push_back({});
+  EXPECT_NO_THROW(validate(make_program({load(0)}, {0}, 1, 0), zero_d));
+}
+
+TEST(FusedProgramValidate, RejectsMalformed) {
+  const FusedLayout l1 = flat_layout(1);
+  expect_invalid(make_program({load(0)}, {}, 1, 0), l1, "no outputs");
+  expect_invalid(make_program({load(0), unary(UnaryOp::exp, 1)}, {1}, 1, 0), l1, "not defined before");
+  expect_invalid(make_program({load(0), unary(UnaryOp::exp, 2), load(0)}, {1}, 1, 0), l1, "not defined before");
+  expect_invalid(make_program({load(0), binary(BinaryOp::add, 0, 1)}, {1}, 1, 0), l1, "second");
+  expect_invalid(make_program({load(0), binary(BinaryOp::add, 5, 0)}, {1}, 1, 0), l1, "first");
+  expect_invalid(make_program({load(0), scalar_op(BinaryOp::add, 1, 0)}, {1}, 1, 1), l1, "not defined before");
+  expect_invalid(make_program({load(1)}, {0}, 1, 0), l1, "loads input 1");
+  expect_invalid(make_program({load(0), scalar_op(BinaryOp::mul, 0, 1)}, {1}, 1, 1), l1, "scalar 1");
+  expect_invalid(make_program({load(0), scalar_op(BinaryOp::mul, 0, 0)}, {1}, 1, 0), l1, "scalar 0");
+  FusedInstr bad_unary = unary(UnaryOp::neg, 0);
+  bad_unary.op = static_cast<std::uint8_t>(UnaryOp::gelu_tanh) + 1;
+  expect_invalid(make_program({load(0), bad_unary}, {1}, 1, 0), l1, "not a UnaryOp");
+  FusedInstr bad_binary = binary(BinaryOp::add, 0, 0);
+  bad_binary.op = static_cast<std::uint8_t>(BinaryOp::minimum) + 1;
+  expect_invalid(make_program({load(0), bad_binary}, {1}, 1, 0), l1, "not a BinaryOp");
+  FusedInstr bad_scalar = scalar_op(BinaryOp::add, 0, 0);
+  bad_scalar.op = 200;
+  expect_invalid(make_program({load(0), bad_scalar}, {1}, 1, 1), l1, "not a BinaryOp");
+  FusedInstr bad_kind = load(0);
+  bad_kind.kind = static_cast<FusedKind>(9);
+  expect_invalid(make_program({load(0), bad_kind}, {1}, 1, 0), l1, "unknown kind");
+  expect_invalid(make_program({load(0), unary(UnaryOp::exp, 0)}, {2}, 1, 0), l1, "output 0 is value 2");
+  expect_invalid(make_program({}, {0}, 0, 0), flat_layout(0), "output 0 is value 0");
+  expect_invalid(make_program({load(0)}, {0}, 1, 0), flat_layout(2), "strides for 2 inputs");
+  FusedLayout deep = flat_layout(1);
+  deep.ndim = kMaxDims + 1;
+  expect_invalid(make_program({load(0)}, {0}, 1, 0), deep, "ndim");
+  FusedLayout negative = flat_layout(1);
+  negative.shape[0] = -1;
+  expect_invalid(make_program({load(0)}, {0}, 1, 0), negative, "negative extent");
+}
+
+FusedLayout layout2(i64 rows, i64 cols, std::vector<std::array<i64, 2>> strides) {
+  FusedLayout l;
+  l.ndim = 2;
+  l.shape[0] = rows;
+  l.shape[1] = cols;
+  for (auto s : strides) l.strides.push_back({s[0], s[1]});
+  return l;
+}
+
+TEST(FusedProgramKey, SameStructureSameKey) {
+  const FusedProgram p = make_program({load(0), load(1), binary(BinaryOp::add, 0, 1), scalar_op(BinaryOp::mul, 2, 0)}, {3}, 2, 1);
+  // sizes differ, the pattern (input 0 contiguous, input 1 a broadcast row) does not
+  const std::string a = structure_key(p, layout2(4, 8, {{8, 1}, {0, 1}}));
+  const std::string b = structure_key(p, layout2(1000, 3, {{3, 1}, {0, 1}}));
+  EXPECT_EQ(a, b);
+  EXPECT_EQ(a, structure_key(p, layout2(4, 8, {{8, 1}, {0, 1}})));  // deterministic
+  // strides of a gathered input are kernel arguments: a column broadcast or a transpose is still "gathered"
+  EXPECT_EQ(a, structure_key(p, layout2(4, 8, {{8, 1}, {1, 0}})));
+  EXPECT_EQ(a, structure_key(p, layout2(4, 8, {{8, 1}, {1, 4}})));
+  // junk strides on extent-1 dims do not make an input less contiguous
+  EXPECT_EQ(structure_key(p, layout2(1, 8, {{99, 1}, {8, 1}})), structure_key(p, layout2(5, 8, {{8, 1}, {8, 1}})));
+  // scalar values are never part of the key (they are not part of the program), and the key is compact
+  EXPECT_LT(a.size(), 64u) << a;
+}
+
+TEST(FusedProgramKey, DifferentStructureDifferentKey) {
+  const FusedProgram base = make_program({load(0), load(1), binary(BinaryOp::add, 0, 1), scalar_op(BinaryOp::mul, 2, 0)}, {3}, 2, 1);
+  const FusedLayout bl = layout2(4, 8, {{8, 1}, {0, 1}});
+  const std::string key = structure_key(base, bl);
+  auto differs = [&](const FusedProgram& p, const FusedLayout& l, const char* what) {
+    EXPECT_NE(structure_key(p, l), key) << what;
+  };
+  FusedProgram p = base;
+  p.code[2].op = static_cast<std::uint8_t>(BinaryOp::sub);
+  differs(p, bl, "another op");
+  p = base;
+  p.code[2].b = 0;
+  differs(p, bl, "another operand");
+  p = base;
+  p.code[3] = binary(BinaryOp::mul, 2, 0);
+  differs(p, bl, "binary instead of binary_scalar");
+  p = base;
+  p.code[3] = unary(UnaryOp::neg, 2);
+  differs(p, bl, "unary instead of binary_scalar");
+  p = base;
+  p.outputs = {3, 2};
+  differs(p, bl, "another output");
+  p = base;
+  p.num_scalars = 2;
+  differs(p, bl, "another scalar count");
+  p = base;
+  p.code[1] = load(0);
+  differs(p, bl, "another input loaded");
+  differs(base, layout2(4, 8, {{8, 1}, {8, 1}}), "no broadcast");
+  differs(base, layout2(4, 8, {{0, 1}, {0, 1}}), "both broadcast");
+  FusedLayout three = bl;
+  three.ndim = 3;
+  three.shape[2] = 1;
+  differs(base, three, "another ndim");
+  // distinct op codes in the same place never collide
+  std::vector<std::string> keys;
+  for (UnaryOp op : kUnaryOps)
+    keys.push_back(structure_key(make_program({load(0), unary(op, 0)}, {1}, 1, 0), flat_layout(1)));
+  std::sort(keys.begin(), keys.end());
+  EXPECT_EQ(std::unique(keys.begin(), keys.end()), keys.end());
+}
+
+TEST(FusedProgramLayout, AllContiguous) {
+  EXPECT_TRUE(layout2(4, 8, {{8, 1}, {8, 1}}).all_contiguous());
+  EXPECT_TRUE(layout2(1, 8, {{0, 1}}).all_contiguous());  // a broadcast of an extent-1 dim is no broadcast
+  EXPECT_TRUE(layout2(4, 1, {{1, 7}}).all_contiguous());
+  EXPECT_FALSE(layout2(4, 8, {{8, 1}, {0, 1}}).all_contiguous());
+  EXPECT_FALSE(layout2(4, 8, {{1, 4}}).all_contiguous());
+  EXPECT_FALSE(layout2(4, 8, {{16, 1}}).all_contiguous());
+  EXPECT_TRUE(layout2(4, 8, {}).all_contiguous());
+  FusedLayout zero_d;
+  zero_d.strides.push_back({});
+  EXPECT_TRUE(zero_d.all_contiguous());
+}
+
+// ---------------------------------------------------------------------------------------------
+// the thread pool
+
+TEST(ThreadPool, EveryIndexOnceOnDistinctSlots) {
+  for (unsigned workers : {0u, 1u, 3u}) {
+    ThreadPool pool(workers);
+    EXPECT_EQ(pool.num_workers(), workers);
+    for (i64 n : {i64{0}, i64{1}, i64{2}, i64{1000}}) {
+      std::vector<std::atomic<int>> hits(static_cast<std::size_t>(n));
+      std::vector<std::atomic<int>> busy(pool.num_slots());
+      std::atomic<bool> slot_clash{false}, bad_slot{false};
+      pool.parallel_for(n, [&](i64 i, unsigned slot) {
+        if (slot >= pool.num_slots()) {
+          bad_slot = true;
+          return;
+        }
+        if (busy[slot].fetch_add(1) != 0) slot_clash = true;
+        hits[static_cast<std::size_t>(i)].fetch_add(1);
+        busy[slot].fetch_sub(1);
+      });
+      EXPECT_FALSE(bad_slot);
+      EXPECT_FALSE(slot_clash);
+      for (i64 i = 0; i < n; ++i) ASSERT_EQ(hits[static_cast<std::size_t>(i)].load(), 1) << "index " << i;
+    }
+  }
+}
+
+TEST(ThreadPool, UsesItsWorkers) {
+  ThreadPool pool(2);
+  std::atomic<int> inside{0}, most{0};
+  pool.parallel_for(64, [&](i64, unsigned) {
+    const int now = ++inside;
+    int seen = most.load();
+    while (now > seen && !most.compare_exchange_weak(seen, now)) {
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    --inside;
+  });
+  EXPECT_GT(most.load(), 1) << "no two indices ever ran at the same time";
+}
+
+TEST(ThreadPool, ExceptionsReachTheCaller) {
+  ThreadPool pool(2);
+  std::atomic<int> ran{0};
+  EXPECT_THROW(pool.parallel_for(2000,
+                                 [&](i64 i, unsigned) {
+                                   ++ran;
+                                   if (i == 3) throw std::runtime_error("index 3");
+                                   std::this_thread::sleep_for(std::chrono::microseconds(100));
+                                 }),
+               std::runtime_error);
+  EXPECT_LT(ran.load(), 2000) << "the indices after the failure were not skipped";
+  // still usable
+  std::atomic<i64> sum{0};
+  pool.parallel_for(100, [&](i64 i, unsigned) { sum += i; });
+  EXPECT_EQ(sum.load(), 4950);
+}
+
+TEST(ThreadPool, NestedAndConcurrentLoopsRunInline) {
+  ThreadPool pool(2);
+  std::atomic<i64> sum{0};
+  pool.parallel_for(8, [&](i64, unsigned) { pool.parallel_for(100, [&](i64 i, unsigned) { sum += i; }); });
+  EXPECT_EQ(sum.load(), 8 * 4950);
+
+  std::vector<std::thread> callers;
+  std::atomic<i64> total{0};
+  for (int t = 0; t < 4; ++t)
+    callers.emplace_back([&] {
+      for (int rep = 0; rep < 200; ++rep) pool.parallel_for(50, [&](i64 i, unsigned) { total += i; });
+    });
+  for (auto& c : callers) c.join();
+  EXPECT_EQ(total.load(), 4 * 200 * 1225);
+}
+
+TEST(ThreadPool, StartsAndStopsCleanly) {
+  for (int rep = 0; rep < 20; ++rep) {
+    ThreadPool idle(3);  // never used
+    ThreadPool used(2);
+    std::atomic<int> n{0};
+    used.parallel_for(rep + 1, [&](i64, unsigned) { ++n; });
+    EXPECT_EQ(n.load(), rep + 1);
+  }
+  const unsigned hw = std::thread::hardware_concurrency();
+  EXPECT_EQ(ThreadPool::shared().num_workers(), hw > 1 ? hw - 1 : 0u);
+  EXPECT_EQ(&ThreadPool::shared(), &ThreadPool::shared());
+}
+
+}  // namespace

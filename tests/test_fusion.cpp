@@ -1,0 +1,154 @@
+// Fusion at wait time: element-wise subgraphs become one kernel; results equal the unfused ones;
+// intermediates nobody holds are never materialized; caps split long chains; errors stay cached.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include <defer/defer.hpp>
+
+#include "graph/op_node.hpp"
+#include "reference.hpp"
+#include "test_util.hpp"
+
+using namespace defer;
+using namespace defer::testing;
+
+namespace {
+
+// Runs make() twice, fused and unfused, and returns both results.
+template <class F>
+std::pair<std::vector<float>, std::vector<float>> fused_and_unfused(F make) {
+  detail::set_fusion_enabled(false);
+  auto unfused = to_vector(wait(make()));
+  detail::set_fusion_enabled(true);
+  auto fused = to_vector(wait(make()));
+  return {fused, unfused};
+}
+
+class Fusion : public ::testing::TestWithParam<DeviceKind> {
+ protected:
+  void SetUp() override {
+    if (GetParam() == DeviceKind::cuda && !cuda_available()) GTEST_SKIP() << "no CUDA device";
+    dev_ = GetParam() == DeviceKind::cuda ? Device::cuda(0) : Device::cpu();
+  }
+  TensorAwait input(const Shape& s, unsigned seed, float lo = -2.f, float hi = 2.f) {
+    int64_t n = 1;
+    for (auto e : s) n *= e;
+    return from_vector(random_values(static_cast<std::size_t>(n), seed, lo, hi), s, dev_);
+  }
+  Device dev_ = Device::cpu();
+};
+
+}  // namespace
+
+TEST_P(Fusion, AChainOfEightIsOneLaunchAndOneFusedKernel) {
+  TensorAwait x = input({1000, 33}, 1);
+  TensorAwait y = input({33}, 2, 0.5f, 2.f);
+  auto chain = [&] { return sigmoid(relu(exp(x * 0.5f) + y) - 1.f) / y * 3.f + x; };
+  reset_stats();
+  TensorAwait r = chain();
+  wait(r);
+  EXPECT_EQ(stats().kernel_launches, 1u);
+  EXPECT_EQ(stats().fused_kernels, 1u);
+  auto [fused, unfused] = fused_and_unfused(chain);
+  EXPECT_EQ(fused, unfused) << "fused and unfused use the same per-op math";
+}
+
+TEST_P(Fusion, EveryElementwiseOpAndBroadcastPatternMatchesUnfused) {
+  using Un = TensorAwait (*)(const TensorAwait&);
+  const Un unary[] = {defer::neg, defer::abs, defer::exp, defer::tanh, defer::sigmoid, defer::relu,
+                      defer::silu, defer::gelu, defer::gelu_tanh};
+  using Bin = TensorAwait (*)(const TensorAwait&, const TensorAwait&);
+  const Bin binary[] = {defer::add, defer::sub, defer::mul, defer::div, defer::maximum, defer::minimum};
+  const std::vector<std::pair<Shape, Shape>> shapes{{{7, 5}, {7, 5}}, {{7, 5}, {5}}, {{7, 1}, {1, 5}},
+                                                    {{3, 1, 4}, {2, 1}}, {{}, {6}}, {{4097}, {1}}};
+  unsigned seed = 10;
+  for (const auto& [sa, sb] : shapes) {
+    TensorAwait a = input(sa, seed++), b = input(sb, seed++, 0.5f, 3.f);
+    for (Un u : unary)
+      for (Bin op : binary) {
+        auto make = [&] { return op(u(a) * 1.5f, sqrt(abs(b)) + 0.25f) - log(abs(b)); };
+        auto [fused, unfused] = fused_and_unfused(make);
+        ASSERT_EQ(fused, unfused) << shape_str(sa) << " " << shape_str(sb);
+      }
+  }
+}
+
+TEST_P(Fusion, IntermediatesNobodyHoldsAreNeverMaterialized) {
+  const int64_t n = 1 << 20;  // 4 MiB per tensor
+  TensorAwait x = input({n}, 3);
+  current_stream(dev_).synchronize();
+  reset_peak_memory_stats(dev_);
+  const auto before = memory_stats(dev_);
+  TensorAwait r = x;
+  for (int i = 0; i < 8; ++i) r = r * 1.01f + 0.5f;
+  wait(r);
+  const auto peak = memory_stats(dev_).peak_allocated_bytes - before.allocated_bytes;
+  EXPECT_LE(peak, static_cast<std::size_t>(n) * 4 + (2 << 20)) << "only the result was allocated";
+}
+
+TEST_P(Fusion, HeldIntermediatesAreMaterializedOnceAndKeepTheirTensor) {
+  TensorAwait x = input({64, 64}, 4);
+  TensorAwait h = tanh(x) * 2.f;  // held by the user
+  TensorAwait r = h + h * h;
+  reset_stats();
+  wait(r);
+  EXPECT_EQ(stats().kernel_launches, 1u) << "h and r in one kernel with two outputs";
+  EXPECT_TRUE(h.is_ready());
+  const void* p = wait(h).data_ptr();
+  reset_stats();
+  EXPECT_EQ(wait(h).data_ptr(), p);
+  EXPECT_EQ(stats().kernel_launches, 0u);
+  const auto hv = to_vector(wait(h)), rv = to_vector(wait(r));
+  for (std::size_t i = 0; i < hv.size(); ++i) ASSERT_FLOAT_EQ(rv[i], hv[i] + hv[i] * hv[i]);
+}
+
+TEST_P(Fusion, LongChainsAreSplitAtTheCapsNeverFail) {
+  TensorAwait x = input({100}, 5);
+  TensorAwait c = input({100}, 6);
+  TensorAwait b = x;
+  for (int i = 0; i < 1000; ++i) b = b + c;  // the loop must not compile 1000 distinct kernels
+  reset_stats();
+  const auto got = to_vector(wait(b));
+  EXPECT_GT(stats().kernel_launches, 1u);
+  EXPECT_LT(stats().kernel_launches, 20u);
+  const auto xv = to_vector(wait(x)), cv = to_vector(wait(c));
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    double want = xv[i];
+    for (int k = 0; k < 1000; ++k) want = static_cast<float>(want + cv[i]);
+    ASSERT_FLOAT_EQ(got[i], static_cast<float>(want));
+  }
+  // Many scalars split too.
+  TensorAwait s = x;
+  for (int i = 0; i < 100; ++i) s = s * 1.001f;
+  const auto sv = to_vector(wait(s));
+  EXPECT_NEAR(sv[0], xv[0] * std::pow(1.001, 100), 1e-4 * std::abs(sv[0]) + 1e-6);
+}
+
+TEST_P(Fusion, NonElementwiseOpsBreakGroupsAndStayCorrect) {
+  TensorAwait x = input({16, 32}, 7);
+  TensorAwait w = input({32, 32}, 8);
+  auto make = [&] {
+    TensorAwait h = gelu(matmul(x, w) * 0.1f + 1.f);
+    return layer_norm(softmax(h * 0.5f, -1) + h, input({32}, 9), input({32}, 10)) + sum(h, -1, true);
+  };
+  auto [fused, unfused] = fused_and_unfused(make);
+  ASSERT_EQ(fused.size(), unfused.size());
+  for (std::size_t i = 0; i < fused.size(); ++i) ASSERT_NEAR(fused[i], unfused[i], 1e-5 * (1 + std::abs(unfused[i])));
+}
+
+TEST_P(Fusion, FailedInputsStayCachedErrors) {
+  Await<Tensor> bad = awaitable([]() -> Tensor { throw std::runtime_error("no input today"); });
+  TensorAwait r = relu(bad * 2.f) + 1.f;
+  for (int i = 0; i < 2; ++i) {
+    try {
+      wait(r);
+      FAIL();
+    } catch (const std::runtime_error& e) {
+      EXPECT_STREQ(e.what(), "no input today");
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, Fusion, ::testing::Values(DeviceKind::cpu, DeviceKind::cuda),
+                         [](const auto& param_info) { return param_info.param == DeviceKind::cpu ? "cpu" : "cuda"; });
