@@ -150,5 +150,46 @@ TEST_P(Fusion, FailedInputsStayCachedErrors) {
   }
 }
 
+TEST_P(Fusion, WaitAllPlansResultsTogether) {
+  TensorAwait x = input({32, 64}, 11);
+  auto results = [&] {
+    TensorAwait a = exp(x * 0.5f);  // shared by all three
+    return std::vector<TensorAwait>{a * 2.f, a + 1.f, relu(a - 1.5f)};
+  };
+  reset_stats();
+  std::vector<TensorAwait> separately = results();
+  std::vector<std::vector<float>> want;
+  for (const auto& r : separately) want.push_back(to_vector(wait(r)));
+  const auto separate_launches = stats().kernel_launches;
+  reset_stats();
+  std::vector<TensorAwait> together = results();
+  const std::vector<Tensor> got = wait_all(together);
+  EXPECT_EQ(stats().kernel_launches, 1u) << "one fused kernel with three outputs";
+  EXPECT_GT(separate_launches, 1u);
+  ASSERT_EQ(got.size(), 3u);
+  for (std::size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(to_vector(got[i]), want[i]);
+    EXPECT_EQ(got[i].data_ptr(), wait(together[i]).data_ptr()) << "the results are the Awaits' own tensors";
+  }
+  // Results of other shapes and kinds, dependent results, done results and repeats work too.
+  TensorAwait h = tanh(x);
+  TensorAwait s = sum(h, 1);
+  const auto mixed = wait_all({s, h, h * 2.f, x, s});
+  EXPECT_EQ(mixed[0].shape(), (Shape{32}));
+  EXPECT_EQ(mixed[1].data_ptr(), wait(h).data_ptr());
+  EXPECT_EQ(mixed[4].data_ptr(), mixed[0].data_ptr());
+  EXPECT_THROW(wait_all({x, TensorAwait()}), std::invalid_argument);
+}
+
+TEST_P(Fusion, WaitAllReportsAnErrorAfterRunningTheRest) {
+  Await<Tensor> bad = awaitable([]() -> Tensor { throw std::runtime_error("broken input"); });
+  TensorAwait x = input({8}, 12);
+  TensorAwait good = x * 3.f;
+  TensorAwait failing = bad + 1.f;
+  EXPECT_THROW(wait_all({good, failing}), std::runtime_error);
+  EXPECT_TRUE(good.is_ready());
+  EXPECT_EQ(to_vector(wait(good)).size(), 8u);
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, Fusion, ::testing::Values(DeviceKind::cpu, DeviceKind::cuda),
                          [](const auto& param_info) { return param_info.param == DeviceKind::cpu ? "cpu" : "cuda"; });

@@ -71,6 +71,13 @@ TensorAwait operator-(float s, const TensorAwait& a);
 TensorAwait operator*(float s, const TensorAwait& a);
 TensorAwait operator-(const TensorAwait& a);
 
+// Waits several results at once, on the current stream of the default device (or on `s`): their
+// pending graphs are planned together, so shared inputs run once and element-wise results of one
+// shape come out of one fused kernel with several outputs. Returns the results in order; an error
+// of any of them is thrown after all were attempted (each stays cached in its Await).
+std::vector<Tensor> wait_all(const std::vector<TensorAwait>& results);
+std::vector<Tensor> wait_all(const std::vector<TensorAwait>& results, const Stream& s);
+
 // A readable view of the pending graph behind t and of what a wait would launch.
 std::string explain(const TensorAwait& t);
 

@@ -108,7 +108,9 @@ FusionPlan plan_fusion(const std::vector<OpNode*>& order) {
       use_count[it->second] = dep.state.use_count();
     }
 
-  auto held = [&](std::size_t i) { return use_count[i] > internal_refs[i]; };
+  // Held outside the plan: the waited roots (no consumer in the plan) and nodes with more
+  // references than the plan's own edges.
+  auto held = [&](std::size_t i) { return internal_refs[i] == 0 || use_count[i] > internal_refs[i]; };
   std::vector<bool> closed;
   std::vector<GroupBudget> budget;
   for (std::size_t i = 0; i < n; ++i) {
@@ -177,7 +179,7 @@ FusionPlan plan_fusion(const std::vector<OpNode*>& order) {
   // somebody outside the plan still holds (they may be waited later and must give this tensor).
   std::vector<bool> materialize(n, false);
   for (std::size_t i = 0; i < n; ++i) {
-    if (held(i) || i + 1 == n) materialize[i] = true;
+    if (held(i)) materialize[i] = true;
     for (AwaitState<Tensor>* s : order[i]->inputs()) {
       auto it = index.find(s);
       if (it != index.end() && plan.group_of[it->second] >= 0 && plan.group_of[it->second] != plan.group_of[i])

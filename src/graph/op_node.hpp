@@ -65,6 +65,8 @@ std::optional<TensorMeta> known_meta(const Await<Tensor>& a);
 // Plans the pending subgraph under `root` (claimed), runs what it needs and launches it in
 // topological order. Throws only for errors of the planner itself; op errors are cached per node.
 void plan_and_launch(OpNode& root, StreamImpl& stream);
+// The same for several roots at once (wait_all), all claimed by the caller.
+void plan_and_launch(const std::vector<OpNode*>& roots, StreamImpl& stream);
 
 // Fusion of element-wise subgraphs at wait time: on unless DEFER_FUSION=0 (read once) or switched
 // off with set_fusion_enabled (benchmarks compare deferred with and without it).

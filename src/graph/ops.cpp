@@ -2,6 +2,7 @@
 // launch it at once.
 #include <defer/ops.hpp>
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -123,6 +124,49 @@ TensorAwait to(const TensorAwait& a, Device d) {
   OpSpec s{OpKind::to_device};
   s.target = d;
   return make_op(s, {a});
+}
+
+namespace {
+
+std::vector<Tensor> wait_all_on(const std::vector<TensorAwait>& results, detail::StreamImpl& stream) {
+  // Claim the pending op results as the roots of one plan; anything else (done, running elsewhere,
+  // not an op) is left to the per-result waits below.
+  std::vector<OpNode*> roots;
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    if (!results[i].valid()) throw std::invalid_argument("wait_all: result " + std::to_string(i + 1) + " is an empty Await");
+    OpNode* node = detail::as_node(results[i].state().get());
+    if (node && std::find(roots.begin(), roots.end(), node) == roots.end() && node->try_claim()) roots.push_back(node);
+  }
+  if (!roots.empty()) {
+    try {
+      detail::plan_and_launch(roots, stream);
+    } catch (...) {
+      for (OpNode* root : roots)
+        if (!root->done()) root->fail(std::current_exception());
+    }
+  }
+  std::vector<Tensor> out;
+  out.reserve(results.size());
+  std::exception_ptr first_error;
+  for (const TensorAwait& r : results) {
+    try {
+      out.push_back(detail::wait_impl(r, &stream));
+    } catch (...) {
+      if (!first_error) first_error = std::current_exception();
+      out.emplace_back();
+    }
+  }
+  if (first_error) std::rethrow_exception(first_error);
+  return out;
+}
+
+}  // namespace
+
+std::vector<Tensor> wait_all(const std::vector<TensorAwait>& results) {
+  return wait_all_on(results, detail::wait_stream());
+}
+std::vector<Tensor> wait_all(const std::vector<TensorAwait>& results, const Stream& s) {
+  return wait_all_on(results, s.impl());
 }
 
 TensorAwait operator+(const TensorAwait& a, const TensorAwait& b) { return add(a, b); }

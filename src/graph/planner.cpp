@@ -23,32 +23,38 @@ struct Pending {
   AwaitStateBase* busy = nullptr;       // a state another thread is running
 };
 
-// Iterative post-order walk of the pending nodes under root (deep graphs must not recurse).
-Pending collect(OpNode& root) {
+// Iterative post-order walk of the pending nodes under the roots (deep graphs must not recurse).
+// The roots are claimed by the caller: they are expanded wherever they are met, also as inputs.
+Pending collect(const std::vector<OpNode*>& roots) {
   Pending p;
-  std::unordered_set<AwaitStateBase*> seen{&root};
+  const std::unordered_set<const AwaitStateBase*> claimed(roots.begin(), roots.end());
+  std::unordered_set<AwaitStateBase*> seen;
   struct Frame {
     OpNode* node;
     std::size_t next;
   };
-  std::vector<Frame> stack{{&root, 0}};
-  while (!stack.empty()) {
-    Frame& f = stack.back();
-    if (f.next == f.node->inputs().size()) {
-      p.order.push_back(f.node);
-      stack.pop_back();
-      continue;
+  std::vector<Frame> stack;
+  for (OpNode* root : roots) {
+    if (!seen.insert(root).second) continue;
+    stack.push_back({root, 0});
+    while (!stack.empty()) {
+      Frame& f = stack.back();
+      if (f.next == f.node->inputs().size()) {
+        p.order.push_back(f.node);
+        stack.pop_back();
+        continue;
+      }
+      AwaitStateBase* in = f.node->inputs()[f.next++];
+      if (!seen.insert(in).second) continue;
+      const AwaitStatus status = in->status();
+      if (status == AwaitStatus::ready || status == AwaitStatus::failed) continue;
+      if (status == AwaitStatus::running && !claimed.count(in)) {
+        p.busy = in;
+        return p;
+      }
+      if (OpNode* n = as_node(in)) stack.push_back({n, 0});
+      else p.leaves.push_back(in);
     }
-    AwaitStateBase* in = f.node->inputs()[f.next++];
-    if (!seen.insert(in).second) continue;
-    const AwaitStatus status = in->status();
-    if (status == AwaitStatus::ready || status == AwaitStatus::failed) continue;
-    if (status == AwaitStatus::running) {
-      p.busy = in;
-      return p;
-    }
-    if (OpNode* n = as_node(in)) stack.push_back({n, 0});
-    else p.leaves.push_back(in);
   }
   return p;
 }
@@ -60,19 +66,24 @@ std::size_t index_in(const std::vector<OpNode*>& order, const OpNode* node) {
 }  // namespace
 
 void plan_and_launch(OpNode& root, StreamImpl& stream) {
-  // Why these kernels launch, for DEFER_LOG: an eager op's call, or a wait of a deferred graph.
-  const char* reason = mode() == Mode::eager ? "eager op" : "wait";
   bool inputs_done = true;
   for (AwaitStateBase* in : root.inputs()) inputs_done = inputs_done && in->done();
   if (inputs_done) {  // the common eager case: one node, nothing to plan
-    root.execute(stream, reason);
+    root.execute(stream, mode() == Mode::eager ? "eager op" : "wait");
     return;
   }
+  plan_and_launch(std::vector<OpNode*>{&root}, stream);
+}
+
+void plan_and_launch(const std::vector<OpNode*>& roots, StreamImpl& stream) {
+  // Why these kernels launch, for DEFER_LOG: an eager op's call, or a wait of a deferred graph.
+  const char* reason = mode() == Mode::eager ? "eager op" : roots.size() > 1 ? "wait_all" : "wait";
+  const std::unordered_set<const OpNode*> is_root(roots.begin(), roots.end());
   Pending plan;
   for (;;) {
-    plan = collect(root);
+    plan = collect(roots);
     if (plan.busy) {
-      // Another thread runs part of our graph: wait for it holding nothing but the root, then look again.
+      // Another thread runs part of our graph: wait for it holding nothing but the roots, then look again.
       if (plan.busy->runner() == std::this_thread::get_id())
         throw std::logic_error("wait: an op graph was waited from inside the fn of one of its own inputs");
       plan.busy->block_until_done();
@@ -82,13 +93,20 @@ void plan_and_launch(OpNode& root, StreamImpl& stream) {
       for (AwaitStateBase* leaf : plan.leaves) drive(*leaf, stream);
       continue;
     }
-    // Claim every node but the root (the driver claimed it), inputs first. If one was claimed by
-    // another thread meanwhile, give ours back, wait for it, and plan again.
-    std::size_t claimed = 0;
-    while (claimed + 1 < plan.order.size() && plan.order[claimed]->try_claim()) ++claimed;
-    if (claimed + 1 >= plan.order.size()) break;
-    OpNode* lost = plan.order[claimed];
-    for (std::size_t i = 0; i < claimed; ++i) plan.order[i]->unclaim();
+    // Claim every node but the roots, inputs first. If one was claimed by another thread
+    // meanwhile, give ours back, wait for it, and plan again.
+    std::vector<OpNode*> claimed;
+    OpNode* lost = nullptr;
+    for (OpNode* n : plan.order) {
+      if (is_root.count(n)) continue;
+      if (!n->try_claim()) {
+        lost = n;
+        break;
+      }
+      claimed.push_back(n);
+    }
+    if (!lost) break;
+    for (OpNode* n : claimed) n->unclaim();
     lost->block_until_done();
   }
   // Element-wise subgraphs run as fused kernels, launched when their last member comes up in the
