@@ -7,6 +7,7 @@
 #include <defer/defer.hpp>
 
 #include "graph/op_node.hpp"
+#include "runtime/stream_ordered_pool.hpp"
 #include "reference.hpp"
 #include "test_util.hpp"
 
@@ -179,6 +180,18 @@ TEST_P(Fusion, WaitAllPlansResultsTogether) {
   EXPECT_EQ(mixed[1].data_ptr(), wait(h).data_ptr());
   EXPECT_EQ(mixed[4].data_ptr(), mixed[0].data_ptr());
   EXPECT_THROW(wait_all({x, TensorAwait()}), std::invalid_argument);
+}
+
+TEST_P(Fusion, AFailedGroupFailsItsConsumerGroupsWithTheSameError) {
+  // The first group fails (its output cannot be allocated); the second group reads its output.
+  TensorAwait x = input({1 << 10}, 13);
+  TensorAwait first = exp(x) * 2.f;
+  TensorAwait second = sum(first, 0, true) + first * 0.5f;  // a reduction closes the first group
+  TensorAwait r = relu(second) - 1.f;
+  detail::pool_for(dev_).fail_requests(1, 1);
+  EXPECT_THROW(wait(r), OutOfMemory);
+  EXPECT_THROW(wait(r), OutOfMemory) << "cached";
+  EXPECT_THROW(wait(first), OutOfMemory);
 }
 
 TEST_P(Fusion, WaitAllReportsAnErrorAfterRunningTheRest) {

@@ -264,6 +264,8 @@ bool build_program(FusionGroup& group, const FusionPlan& plan) {
 void launch_group(FusionGroup& group, StreamImpl& wait_stream, const char* reason) {
   std::vector<Tensor> outputs;
   try {
+    for (AwaitState<Tensor>* s : group.inputs)  // a failed input fails the group with its own error
+      if (s->status() == AwaitStatus::failed) std::rethrow_exception(s->error());
     const Device device = group.inputs.front()->value().device();
     StreamImpl& stream = stream_for(device, wait_stream);
     std::vector<const float*> in;
