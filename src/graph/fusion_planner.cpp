@@ -1,6 +1,7 @@
 #include "graph/fusion_planner.hpp"
 
 #include <algorithm>
+#include <optional>
 #include <stdexcept>
 #include <unordered_map>
 
@@ -263,6 +264,8 @@ bool build_program(FusionGroup& group, const FusionPlan& plan) {
 
 void launch_group(FusionGroup& group, StreamImpl& wait_stream, const char* reason) {
   std::vector<Tensor> outputs;
+  std::optional<Completion> done;
+  std::exception_ptr error;
   try {
     for (AwaitState<Tensor>* s : group.inputs)  // a failed input fails the group with its own error
       if (s->status() == AwaitStatus::failed) std::rethrow_exception(s->error());
@@ -302,17 +305,28 @@ void launch_group(FusionGroup& group, StreamImpl& wait_stream, const char* reaso
       counters.kernel_launches.fetch_add(1, std::memory_order_relaxed);
       counters.fused_kernels.fetch_add(1, std::memory_order_relaxed);
     }
-    const Completion done{device, stream.id(), stream.record()};
-    std::size_t k = 0;
-    for (std::size_t m = 0; m < group.members.size(); ++m)
-      if (group.materialize[m]) group.members[m]->publish(std::move(outputs[k++]), done);
+    done = Completion{device, stream.id(), stream.record()};
   } catch (...) {
-    for (std::size_t m = 0; m < group.members.size(); ++m)
-      if (group.materialize[m] && !group.members[m]->done()) group.members[m]->fail(std::current_exception());
+    error = std::current_exception();
   }
-  // Members nobody can wait any more never get a tensor; they die with their consumers.
+  // Members nobody can wait any more never get a tensor. They go back to pending first: publishing
+  // their consumers releases the consumers' inputs, which may destroy them.
   for (std::size_t m = 0; m < group.members.size(); ++m)
     if (!group.materialize[m]) group.members[m]->unclaim();
+  std::size_t k = 0;
+  for (std::size_t m = 0; m < group.members.size(); ++m) {
+    if (!group.materialize[m]) continue;
+    OpNode* member = group.members[m];
+    if (error) {
+      member->fail(error);
+      continue;
+    }
+    try {
+      member->publish(std::move(outputs[k++]), *done);
+    } catch (...) {
+      member->fail(std::current_exception());
+    }
+  }
 }
 
 }  // namespace defer::detail

@@ -1,0 +1,456 @@
+// Fusion of element-wise chains at wait time: EAGER vs DEFERRED (fusion off) vs DEFERRED + FUSED,
+// side by side in one run, next to a plain memcpy of the same size as the bandwidth reference.
+//
+// Cases (each name ends in the variant, so the three of a case read together):
+//   BM_memcpy/<size>            std::memcpy of page-aligned host buffers of <size> floats on the main
+//                               thread (defer has no device copy op yet); the bandwidth reference.
+//   BM_memcpy_pool/<size>       the same copy split over defer's CPU ThreadPool in the task size the
+//                               fused kernel uses (the fused CPU kernel runs on that pool for outputs of
+//                               2^18 elements and more; the one-op kernels run on one thread).
+//   BM_chain/<flavour>/N=<n>/<size>/...
+//                               a chain of n dependent element-wise ops on x (and a second tensor y):
+//                               "mix" repeats scalar mul/add, relu, sigmoid, tanh and x + y (the chain
+//                               the project goal names); "arith" leaves out sigmoid and tanh, so that it
+//                               stays memory-bound. Only the chain's end is held, so a fused chain never
+//                               writes its intermediates.
+//   BM_mlp/...                  one MLP step, x[64,256] -> matmul W1[256,1024] + b1 -> gelu -> matmul
+//                               W2[1024,256] + b2 -> layer_norm. Every step builds the graph again and
+//                               plans it at the wait: graph capture and replay do not exist yet, so
+//                               there is no replayed variant to compare with.
+//
+// Variants: eager (ModeGuard(Mode::eager): every op launches at its call), deferred (the default
+// mode with detail::set_fusion_enabled(false): the wait launches one kernel per op), fused (deferred
+// with fusion on, the library's default).
+//
+// Each step builds the ops on inputs that already exist, waits the result and synchronizes the
+// current stream of the device: CPU kernels run on the stream's worker thread (and the pool), so
+// times are wall-clock (UseRealTime) and include the kernels.
+//
+// Counters:
+//   launches/step  defer::stats().kernel_launches delta per step (a fused kernel counts once);
+//   fused/step     defer::stats().fused_kernels delta per step;
+//   bytes_per_second  for chains: what a perfect fused kernel must move, i.e. every input read once
+//                  and the output written once (2 or 3 tensors of <size> floats), the same figure in
+//                  all three variants so that the rates compare directly; for memcpy: read + write.
+//   FLOP/s         for the MLP: the two matmuls (2*m*n*k each).
+//
+// At the end main prints a summary: per chain the eager / deferred / fused times, eager/fused (the
+// project goal: >= 3x for the chain of 8 at 2^22 on the CPU) and the fused GB/s as a fraction of the
+// memcpy GB/s of the same size. The summary uses the last (reported) run of each case.
+//
+// Run: ./bench_fusion    (about 40 s on 2 cores; DEFER_BENCH_LARGE=1 adds 2^24-element chains and
+// copies; --benchmark_filter=... picks cases; DEFER_BENCH_MIN_TIME=<seconds> runs each case longer:
+// --benchmark_min_time does not, since a MinTime set per case takes precedence over the flag).
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <new>
+#include <random>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include <defer/defer.hpp>
+
+#include "cpu/thread_pool.hpp"
+#include "graph/op_node.hpp"
+
+namespace {
+
+// Seconds of wall time per case (at least one step): coverage over precision. DEFER_BENCH_MIN_TIME
+// overrides it.
+double min_time() {
+  static const double t = [] {
+    const char* v = std::getenv("DEFER_BENCH_MIN_TIME");
+    const double parsed = v != nullptr ? std::atof(v) : 0.0;
+    return parsed > 0.0 ? parsed : 0.1;
+  }();
+  return t;
+}
+
+constexpr std::int64_t kF32 = 4;
+
+using defer::Mode;
+using defer::Shape;
+using defer::TensorAwait;
+using Clock = std::chrono::steady_clock;
+
+enum class Variant { eager, deferred, fused };
+constexpr Variant kVariants[] = {Variant::eager, Variant::deferred, Variant::fused};
+
+const char* variant_name(Variant v) {
+  switch (v) {
+    case Variant::eager: return "eager";
+    case Variant::deferred: return "deferred";
+    case Variant::fused: return "fused";
+  }
+  return "?";
+}
+
+bool large_sizes_enabled() {
+  const char* v = std::getenv("DEFER_BENCH_LARGE");
+  return v != nullptr && std::strcmp(v, "1") == 0;
+}
+
+std::vector<int> size_exponents() {
+  std::vector<int> e = {10, 14, 18, 22};
+  if (large_sizes_enabled()) e.push_back(24);
+  return e;
+}
+
+std::string size_label(int exponent) { return "2^" + std::to_string(exponent); }
+
+// ---- what the summary reads: the last run of each case (the one the console shows).
+struct Measured {
+  double seconds_per_step = 0;
+  double bytes_per_second = 0;  // 0: not reported
+  double launches_per_step = 0;
+};
+
+std::map<std::string, Measured>& measured() {
+  static std::map<std::string, Measured> m;
+  return m;
+}
+
+// ---- inputs: seeded values in +-[0.1, 1] * scale, made once per (shape, seed, scale), held as
+// ready Awaits so that the timed loop does not wrap tensors into new Awaits.
+using InputKey = std::tuple<Shape, unsigned, float>;
+
+std::map<InputKey, TensorAwait>& inputs() {
+  static std::map<InputKey, TensorAwait> held;
+  return held;
+}
+
+const TensorAwait& input(const Shape& shape, unsigned seed, float scale = 1.f) {
+  InputKey key{shape, seed, scale};
+  if (auto it = inputs().find(key); it != inputs().end()) return it->second;
+  std::int64_t n = 1;
+  for (std::int64_t e : shape) n *= e;
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<float> magnitude(0.1f, 1.0f);
+  std::vector<float> values(static_cast<std::size_t>(n));
+  for (float& v : values) {
+    const float m = magnitude(gen) * scale;
+    v = (gen() & 1u) != 0 ? -m : m;
+  }
+  const defer::Device dev = defer::default_device();
+  defer::Tensor t = defer::from_vector(values, shape, dev);
+  defer::current_stream(dev).synchronize();  // uploads are not part of any case
+  return inputs().emplace(std::move(key), TensorAwait(std::move(t))).first->second;
+}
+
+// Sets the process-wide fusion switch for one case and restores it afterwards.
+class FusionSwitch {
+ public:
+  explicit FusionSwitch(bool on) : previous_(defer::detail::fusion_enabled()) { defer::detail::set_fusion_enabled(on); }
+  ~FusionSwitch() { defer::detail::set_fusion_enabled(previous_); }
+  FusionSwitch(const FusionSwitch&) = delete;
+  FusionSwitch& operator=(const FusionSwitch&) = delete;
+
+ private:
+  bool previous_;
+};
+
+// One case: `build` returns the Await to complete; each step builds, waits and synchronizes.
+template <class Build>
+void run_case(benchmark::State& state, const std::string& key, Variant v, const Build& build, std::int64_t bytes,
+              std::int64_t flops) {
+  const defer::Device dev = defer::default_device();
+  const defer::Stream stream = defer::current_stream(dev);
+  stream.synchronize();
+  const FusionSwitch fusion(v == Variant::fused);
+  const defer::ModeGuard mode(v == Variant::eager ? Mode::eager : Mode::deferred);
+  {  // Untimed: creates the inputs, warms the allocator's cache and (fused) the program cache.
+    TensorAwait warm = build();
+    benchmark::DoNotOptimize(defer::wait(warm).data_ptr());
+    stream.synchronize();
+  }
+  const defer::Stats before = defer::stats();
+  const Clock::time_point start = Clock::now();
+  for (auto _ : state) {
+    TensorAwait result = build();
+    benchmark::DoNotOptimize(defer::wait(result).data_ptr());
+    stream.synchronize();
+  }
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  const defer::Stats after = defer::stats();
+  const auto steps = static_cast<double>(state.iterations());
+  const double launches = static_cast<double>(after.kernel_launches - before.kernel_launches) / steps;
+  state.counters["launches/step"] = benchmark::Counter(launches);
+  state.counters["fused/step"] =
+      benchmark::Counter(static_cast<double>(after.fused_kernels - before.fused_kernels) / steps);
+  if (bytes > 0) state.SetBytesProcessed(state.iterations() * bytes);
+  if (flops > 0)
+    state.counters["FLOP/s"] = benchmark::Counter(static_cast<double>(flops), benchmark::Counter::kIsIterationInvariantRate);
+  measured()[key] = Measured{seconds / steps, bytes > 0 ? static_cast<double>(bytes) * steps / seconds : 0.0, launches};
+}
+
+template <class Build>
+void register_triple(const std::string& base, const Build& build, std::int64_t bytes, std::int64_t flops = 0) {
+  for (Variant v : kVariants) {
+    const std::string key = base + "/" + variant_name(v);
+    benchmark::RegisterBenchmark(key.c_str(),
+                                 [key, v, build, bytes, flops](benchmark::State& st) {
+                                   run_case(st, key, v, build, bytes, flops);
+                                 })
+        ->MinTime(min_time())
+        ->UseRealTime()  // the kernels run on other threads: main-thread CPU time misleads
+        ->Unit(benchmark::kMicrosecond);
+  }
+}
+
+// ---- the copy reference: host buffers, no defer involved. Both buffers are page-aligned: glibc 2.36's
+// memcpy on this AMD EPYC (rep movsb) runs ~25x slower below 2^16 floats when the destination sits
+// a few bytes after the source modulo 4096, which is what two std::vectors from the heap give.
+struct PageBuffer {
+  explicit PageBuffer(std::int64_t n, float value) {
+    const auto bytes = (static_cast<std::size_t>(n) * sizeof(float) + 4095) / 4096 * 4096;
+    data = static_cast<float*>(std::aligned_alloc(4096, bytes));
+    if (data == nullptr) throw std::bad_alloc();
+    std::fill(data, data + n, value);  // touched: no page faults in the timed loop
+  }
+  ~PageBuffer() { std::free(data); }
+  PageBuffer(const PageBuffer&) = delete;
+  PageBuffer& operator=(const PageBuffer&) = delete;
+  float* data = nullptr;
+};
+
+// Copies n floats per step with `copy(dst, src)` and records the case.
+template <class Copy>
+void register_copy(const std::string& key, std::int64_t n, Copy copy) {
+  const std::int64_t bytes = 2 * n * kF32;  // read once + written once
+  benchmark::RegisterBenchmark(key.c_str(),
+                               [key, n, bytes, copy](benchmark::State& state) {
+                                 const PageBuffer src(n, 1.f);
+                                 const PageBuffer dst(n, 0.f);
+                                 const Clock::time_point start = Clock::now();
+                                 for (auto _ : state) {
+                                   copy(dst.data, static_cast<const float*>(src.data));
+                                   benchmark::DoNotOptimize(dst.data);
+                                   benchmark::ClobberMemory();
+                                 }
+                                 const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+                                 const auto steps = static_cast<double>(state.iterations());
+                                 state.SetBytesProcessed(state.iterations() * bytes);
+                                 measured()[key] = Measured{seconds / steps, static_cast<double>(bytes) * steps / seconds, 0};
+                               })
+      ->MinTime(min_time())
+      ->UseRealTime()
+      ->Unit(benchmark::kMicrosecond);
+}
+
+void register_memcpy(int exponent) {
+  const std::int64_t n = std::int64_t{1} << exponent;
+  register_copy("BM_memcpy/" + size_label(exponent), n, [n](float* dst, const float* src) {
+    std::memcpy(dst, src, static_cast<std::size_t>(n) * sizeof(float));
+  });
+  // The same copy over the pool the fused CPU kernel splits large outputs with, in its task size
+  // (2^15 elements), so that a fused chain can also be read against a copy that uses every core.
+  register_copy("BM_memcpy_pool/" + size_label(exponent), n, [n](float* dst, const float* src) {
+    constexpr std::int64_t kTask = std::int64_t{1} << 15;
+    defer::kernels::cpu::ThreadPool::shared().parallel_for((n + kTask - 1) / kTask, [&](std::int64_t t, unsigned) {
+      const std::int64_t lo = t * kTask;
+      const std::int64_t len = std::min(kTask, n - lo);
+      std::memcpy(dst + lo, src + lo, static_cast<std::size_t>(len) * sizeof(float));
+    });
+  });
+}
+
+// ---- chains. Two flavours, each a repeating pattern of 8 steps (step i applies pattern[i % 8]):
+//   mix    what the project goal names: scalar mul/add, relu, sigmoid, tanh and x + y. sigmoid and
+//          tanh are libm calls per element (expf, tanhf), so this chain is bound by arithmetic, not
+//          memory, from N = 8 on (the first tanh is step 7);
+//   arith  scalar mul/add, relu and x + y only: cheap steps, so the chain is bound by memory traffic
+//          and shows what fusion saves where it can.
+// The values stay bounded in both (sigmoid/tanh squash them, or every cycle scales them below 1), so
+// no step runs into inf or NaN.
+enum class Step { mul_09, mul_05, mul_075, mul_15, add_01, add_y, relu, sigmoid, tanh };
+using Pattern = std::array<Step, 8>;
+constexpr Pattern kMix = {Step::mul_09, Step::add_y, Step::relu,  Step::add_01,
+                          Step::sigmoid, Step::mul_15, Step::tanh, Step::add_y};
+constexpr Pattern kArith = {Step::mul_09, Step::add_y, Step::relu, Step::add_01,
+                            Step::mul_05, Step::add_y, Step::relu, Step::mul_075};
+
+TensorAwait apply(Step s, const TensorAwait& t, const TensorAwait& y) {
+  switch (s) {
+    case Step::mul_09: return defer::mul(t, 0.9f);
+    case Step::mul_05: return defer::mul(t, 0.5f);
+    case Step::mul_075: return defer::mul(t, 0.75f);
+    case Step::mul_15: return defer::mul(t, 1.5f);
+    case Step::add_01: return defer::add(t, 0.1f);
+    case Step::add_y: return defer::add(t, y);
+    case Step::relu: return defer::relu(t);
+    case Step::sigmoid: return defer::sigmoid(t);
+    case Step::tanh: return defer::tanh(t);
+  }
+  return t;
+}
+
+struct Flavour {
+  const char* name;
+  Pattern pattern;
+};
+constexpr Flavour kFlavours[] = {{"mix", kMix}, {"arith", kArith}};
+
+constexpr int kChainLengths[] = {1, 2, 4, 8, 16, 32};
+
+std::string chain_base(const char* flavour, int length, int exponent) {
+  return std::string("BM_chain/") + flavour + "/N=" + std::to_string(length) + "/" + size_label(exponent);
+}
+
+void register_chains(int exponent) {
+  const std::int64_t n = std::int64_t{1} << exponent;
+  const Shape shape{n};
+  for (const Flavour& f : kFlavours) {
+    for (int length : kChainLengths) {
+      bool reads_y = false;
+      for (int i = 0; i < length; ++i) reads_y = reads_y || f.pattern[static_cast<std::size_t>(i % 8)] == Step::add_y;
+      const std::int64_t bytes = ((reads_y ? 2 : 1) + 1) * n * kF32;  // x (and y) read once, output written once
+      const Pattern pattern = f.pattern;
+      register_triple(
+          chain_base(f.name, length, exponent),
+          [shape, length, pattern] {
+            const TensorAwait& x = input(shape, 1);
+            const TensorAwait& y = input(shape, 2);
+            TensorAwait t = apply(pattern[0], x, y);
+            for (int i = 1; i < length; ++i)  // each step drops the previous one: only the end is held
+              t = apply(pattern[static_cast<std::size_t>(i % 8)], t, y);
+            return t;
+          },
+          bytes);
+    }
+  }
+}
+
+// ---- the MLP step.
+constexpr std::int64_t kBatch = 64, kModel = 256, kHidden = 1024;
+
+void register_mlp() {
+  const std::int64_t flops = 2 * kBatch * kModel * kHidden * 2;  // two matmuls
+  register_triple(
+      "BM_mlp",
+      [] {
+        const TensorAwait& x = input({kBatch, kModel}, 11);
+        const TensorAwait& w1 = input({kModel, kHidden}, 12, 0.0625f);  // ~1/sqrt(256)
+        const TensorAwait& b1 = input({kHidden}, 13, 0.1f);
+        const TensorAwait& w2 = input({kHidden, kModel}, 14, 0.03125f);  // ~1/sqrt(1024)
+        const TensorAwait& b2 = input({kModel}, 15, 0.1f);
+        const TensorAwait& gamma = input({kModel}, 16);
+        const TensorAwait& beta = input({kModel}, 17, 0.1f);
+        TensorAwait h = defer::gelu(defer::matmul(x, w1) + b1);
+        TensorAwait o = defer::matmul(h, w2) + b2;
+        return defer::layer_norm(o, gamma, beta);
+      },
+      0, flops);
+}
+
+void register_all() {
+  for (int e : size_exponents()) {
+    register_memcpy(e);
+    register_chains(e);
+  }
+  register_mlp();
+}
+
+// ---- the summary.
+const Measured* find(const std::string& key) {
+  auto it = measured().find(key);
+  return it == measured().end() ? nullptr : &it->second;
+}
+
+std::string fmt_time(double s) {
+  char buf[32];
+  if (s >= 1.0)
+    std::snprintf(buf, sizeof buf, "%.3g s", s);
+  else if (s >= 1e-3)
+    std::snprintf(buf, sizeof buf, "%.3g ms", s * 1e3);
+  else
+    std::snprintf(buf, sizeof buf, "%.3g us", s * 1e6);
+  return buf;
+}
+
+void print_summary() {
+  std::printf("\nSummary (wall time per step; eager/fused and deferred/fused: how many times faster fused is;\n"
+              "launches e / f: kernel launches per step eager / fused (deferred = eager); fused GB/s: the bytes a\n"
+              "perfect fused kernel moves, per second; %% memcpy: of the 1-thread memcpy GB/s at that size;\n"
+              "%% pool: of the memcpy split over the pool; GB = 10^9 bytes, while the console's G/s above are GiB/s)\n");
+  for (const Flavour& f : kFlavours) {
+    std::printf("\nchain '%s'\n", f.name);
+    std::printf("%-5s %3s | %10s %10s %10s | %11s %14s | %8s %8s | %10s %11s %8s %7s\n", "size", "N", "eager",
+                "deferred", "fused", "eager/fused", "deferred/fused", "launch e", "launch f", "fused GB/s", "memcpy GB/s",
+                "% memcpy", "% pool");
+    for (int e : size_exponents()) {
+      const Measured* copy = find("BM_memcpy/" + size_label(e));
+      const Measured* pool = find("BM_memcpy_pool/" + size_label(e));
+      for (int length : kChainLengths) {
+        const std::string base = chain_base(f.name, length, e);
+        const Measured* ea = find(base + "/eager");
+        const Measured* de = find(base + "/deferred");
+        const Measured* fu = find(base + "/fused");
+        if (ea == nullptr || de == nullptr || fu == nullptr) continue;
+        // A reference that was filtered out prints as "-".
+        auto percent_of = [&](const Measured* ref) {
+          char buf[16];
+          if (ref == nullptr) return std::string("-");
+          std::snprintf(buf, sizeof buf, "%.0f%%", 100.0 * fu->bytes_per_second / ref->bytes_per_second);
+          return std::string(buf);
+        };
+        char copy_gbs[16] = "-";
+        if (copy != nullptr) std::snprintf(copy_gbs, sizeof copy_gbs, "%.2f", copy->bytes_per_second * 1e-9);
+        std::printf("%-5s %3d | %10s %10s %10s | %11.2f %14.2f | %8.1f %8.1f | %10.2f %11s %8s %7s\n",
+                    size_label(e).c_str(), length, fmt_time(ea->seconds_per_step).c_str(),
+                    fmt_time(de->seconds_per_step).c_str(), fmt_time(fu->seconds_per_step).c_str(),
+                    ea->seconds_per_step / fu->seconds_per_step, de->seconds_per_step / fu->seconds_per_step,
+                    ea->launches_per_step, fu->launches_per_step, fu->bytes_per_second * 1e-9, copy_gbs,
+                    percent_of(copy).c_str(), percent_of(pool).c_str());
+      }
+    }
+  }
+
+  std::printf("\n");
+  for (const Flavour& f : kFlavours) {
+    const std::string goal = chain_base(f.name, 8, 22);
+    const Measured* ea = find(goal + "/eager");
+    const Measured* fu = find(goal + "/fused");
+    if (ea == nullptr || fu == nullptr) continue;
+    const double ratio = ea->seconds_per_step / fu->seconds_per_step;
+    std::printf("Goal: chain '%s' of 8 at 2^22, eager / fused = %.2fx (goal >= 3x on the CPU: %s)%s\n", f.name, ratio,
+                ratio >= 3.0 ? "met" : "MISSED",
+                std::strcmp(f.name, "mix") == 0 ? "  <- the chain the goal names" : "");
+  }
+
+  const Measured* me = find("BM_mlp/eager");
+  const Measured* md = find("BM_mlp/deferred");
+  const Measured* mf = find("BM_mlp/fused");
+  if (me != nullptr && md != nullptr && mf != nullptr) {
+    std::printf("MLP step: eager %s (%.0f launches), deferred %s (%.0f), fused %s (%.0f); eager/fused = %.2f\n",
+                fmt_time(me->seconds_per_step).c_str(), me->launches_per_step, fmt_time(md->seconds_per_step).c_str(),
+                md->launches_per_step, fmt_time(mf->seconds_per_step).c_str(), mf->launches_per_step,
+                me->seconds_per_step / mf->seconds_per_step);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::AddCustomContext("defer_device", defer::default_device().str());
+  benchmark::AddCustomContext("defer_bench_large", large_sizes_enabled() ? "1" : "0");
+  register_all();
+  benchmark::RunSpecifiedBenchmarks();
+  print_summary();
+  benchmark::Shutdown();
+  // Release the inputs while the runtime (streams, allocator) is certainly still alive.
+  defer::current_stream(defer::default_device()).synchronize();
+  inputs().clear();
+  return 0;
+}
