@@ -31,6 +31,12 @@
 #include "cpu/thread_pool.hpp"
 #include "fusion/fused_program.hpp"
 
+namespace defer::kernels::cpu::detail {
+// Testing hook defined in kernels/cpu/fused.cpp (not part of fused.hpp): run the baseline loops
+// even where AVX2 is available; returns whether an AVX2 path exists here.
+bool fused_force_portable(bool force) noexcept;
+}  // namespace defer::kernels::cpu::detail
+
 namespace {
 
 using namespace defer::kernels;
@@ -589,6 +595,33 @@ TEST(FusedCpu, EachOpEqualsItsUnfusedKernel) {
         ASSERT_EQ(bits(got.bufs[0][static_cast<std::size_t>(i)]), bits(want[0][static_cast<std::size_t>(i)]))
             << name(op) << (with_scalar ? " (scalar)" : "") << " element " << i;
     }
+}
+
+// The baseline (SSE2) loops and the AVX2 loops give bit-identical results, equal to the unfused
+// kernels' (no FMA, and each vectorized op rounds exactly as its scalar form).
+TEST(FusedCpu, PortableAndAvx2LoopsAgreeBitForBit) {
+  struct ForcePortable {
+    bool have_avx2 = cpu::detail::fused_force_portable(false);
+    ~ForcePortable() { cpu::detail::fused_force_portable(false); }
+  } guard;
+  if (!guard.have_avx2) std::printf("no AVX2 on this machine: both runs use the baseline loops\n");
+  std::mt19937 gen(31);
+  for (int k = 0; k < 40; ++k) {
+    const Case c = random_case(k % 2 ? 4099 : 517, gen);
+    const auto want = eval_unfused(c);
+    cpu::detail::fused_force_portable(true);
+    const Outputs portable = run(c, single_thread(k % 3 ? 256 : 2048));
+    cpu::detail::fused_force_portable(false);
+    const Outputs wide = run(c, single_thread(k % 3 ? 256 : 2048));
+    expect_matches_unfused(c.what + "\n(baseline loops)", portable, want);
+    expect_matches_unfused(c.what + "\n(avx2 loops)", wide, want);
+    for (std::size_t j = 0; j < want.size(); ++j)
+      for (std::size_t i = 0; i < want[j].size(); ++i) {
+        const float p = portable.bufs[j][i], w = wide.bufs[j][i], u = want[j][i];
+        ASSERT_TRUE((bits(p) == bits(w) && bits(w) == bits(u)) || (std::isnan(p) && std::isnan(w) && std::isnan(u)))
+            << c.what << "\noutput " << j << " element " << i << ": baseline " << p << ", avx2 " << w << ", unfused " << u;
+      }
+  }
 }
 
 // The benchmark's chain: 8 ops, one input, one scalar per step, at a size that uses the pool.

@@ -6,7 +6,9 @@
 #include "cpu/fused.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -76,31 +78,48 @@ struct Copy {
 };
 
 struct Plan {
-  std::vector<Step> steps;     // loads that gather, then computations, in program order
+  std::vector<Step> steps;     // gathering loads and computations, in program order
   std::vector<Copy> copies;    // outputs not computed in place
   std::vector<Strided> reads;  // per input
   int buffers = 0;             // chunk buffers per thread
 };
 
-Plan make_plan(const FusedProgram& program, const FusedLayout& layout, const float* const* inputs,
-               float* const* outputs) {
-  const std::size_t count = program.code.size();
+// The plan and the vectors that building it needs, kept per thread and reused, so that a call
+// allocates nothing once its thread has seen a program as large (small tensors are launch bound).
+struct Planner {
   Plan plan;
-  plan.reads.reserve(program.num_inputs);
+  std::vector<std::uint16_t> canon;   // repeated loads of one input map to the first
+  std::vector<int> first_load;        // per input
+  std::vector<char> needed;
+  std::vector<int> out_slot;          // the output a value is computed into, or -1
+  std::vector<int> last_use;          // the last instruction reading a value
+  std::vector<Ref> where;
+  std::vector<std::int32_t> free_buffers;
+  std::vector<float> scratch;         // the single-threaded path's chunk buffers
+
+  const Plan& make(const FusedProgram& program, const FusedLayout& layout, const float* const* inputs,
+                   float* const* outputs);
+};
+
+const Plan& Planner::make(const FusedProgram& program, const FusedLayout& layout, const float* const* inputs,
+                          float* const* outputs) {
+  const std::size_t count = program.code.size();
+  plan.steps.clear();
+  plan.copies.clear();
+  plan.reads.clear();
+  plan.buffers = 0;
   for (std::size_t i = 0; i < program.num_inputs; ++i) plan.reads.push_back(collapse(layout, i));
 
   // Repeated loads of one input are one value.
-  std::vector<std::uint16_t> canon(count);
-  {
-    std::vector<int> first_load(program.num_inputs, -1);
-    for (std::size_t v = 0; v < count; ++v) {
-      canon[v] = static_cast<std::uint16_t>(v);
-      const FusedInstr& in = program.code[v];
-      if (in.kind != FusedKind::load) continue;
-      int& first = first_load[in.a];
-      if (first < 0) first = static_cast<int>(v);
-      else canon[v] = static_cast<std::uint16_t>(first);
-    }
+  canon.resize(count);
+  first_load.assign(program.num_inputs, -1);
+  for (std::size_t v = 0; v < count; ++v) {
+    canon[v] = static_cast<std::uint16_t>(v);
+    const FusedInstr& in = program.code[v];
+    if (in.kind != FusedKind::load) continue;
+    int& first = first_load[in.a];
+    if (first < 0) first = static_cast<int>(v);
+    else canon[v] = static_cast<std::uint16_t>(first);
   }
   auto operands = [&](const FusedInstr& in, std::uint16_t (&ops)[2]) -> int {
     switch (in.kind) {
@@ -113,7 +132,7 @@ Plan make_plan(const FusedProgram& program, const FusedLayout& layout, const flo
   };
 
   // Only what the outputs need runs.
-  std::vector<char> needed(count, 0);
+  needed.assign(count, 0);
   for (std::uint16_t o : program.outputs) needed[canon[o]] = 1;
   for (std::size_t v = count; v-- > 0;) {
     if (!needed[v]) continue;
@@ -129,7 +148,7 @@ Plan make_plan(const FusedProgram& program, const FusedLayout& layout, const flo
   for (std::size_t j = 0; j < program.outputs.size() && in_place; ++j)
     for (std::size_t i = 0; i < program.num_inputs; ++i)
       if (static_cast<const float*>(outputs[j]) == inputs[i]) in_place = false;
-  std::vector<int> out_slot(count, -1);
+  out_slot.assign(count, -1);
   if (in_place)
     for (std::size_t j = 0; j < program.outputs.size(); ++j) {
       const std::uint16_t v = canon[program.outputs[j]];
@@ -138,7 +157,7 @@ Plan make_plan(const FusedProgram& program, const FusedLayout& layout, const flo
 
   // Last reader of each value; values copied to an output live to the end of the chunk.
   constexpr int kEnd = 1 << 30;
-  std::vector<int> last_use(count, -1);
+  last_use.assign(count, -1);
   for (std::size_t v = 0; v < count; ++v) {
     if (!needed[v] || canon[v] != v) continue;
     std::uint16_t ops[2] = {0, 0};
@@ -150,8 +169,8 @@ Plan make_plan(const FusedProgram& program, const FusedLayout& layout, const flo
 
   // Buffers are taken from a free list; an operand's buffer is released only after the result's
   // buffer is chosen, so a result never shares memory with its operands (the loops are restrict).
-  std::vector<Ref> where(count);
-  std::vector<std::int32_t> free_buffers;
+  where.assign(count, Ref{});
+  free_buffers.clear();
   auto take_buffer = [&]() -> Ref {
     if (!free_buffers.empty()) {
       const std::int32_t b = free_buffers.back();
@@ -194,19 +213,76 @@ Plan make_plan(const FusedProgram& program, const FusedLayout& layout, const flo
   return plan;
 }
 
-template <class F>
-void loop_unary(F f, const float* __restrict x, float* __restrict out, i64 n) {
-  for (i64 i = 0; i < n; ++i) out[i] = f(x[i]);
+// Aligns a pointer up to a cache line.
+float* cache_line_aligned(float* p) {
+  const auto addr = reinterpret_cast<std::uintptr_t>(p);
+  return p + (64 - addr % 64) % 64 / sizeof(float);
 }
 
-template <class F>
-void loop_binary(F f, const float* __restrict a, const float* __restrict b, float* __restrict out, i64 n) {
-  for (i64 i = 0; i < n; ++i) out[i] = f(a[i], b[i]);
-}
+// The per-instruction loops, defined twice: for the baseline x86-64 ISA (SSE2, 4 floats a vector)
+// and under #pragma GCC target("avx2") (8 floats a vector), picked at run time like matmul's
+// kernels. A chain of cheap ops is bound by these loops, not by memory, so the width matters. No
+// FMA and no fast-math: every vectorized op rounds exactly as its scalar form, so results stay
+// bit-identical to the one-op kernels. Operands never alias the result (see Planner::make), hence
+// __restrict, which spares the loops their run-time overlap checks.
+#define DEFER_FUSED_LOOPS                                                                                  \
+  template <class F>                                                                                       \
+  void unary_loop(F f, const float* __restrict x, float* __restrict out, i64 n) {                          \
+    for (i64 i = 0; i < n; ++i) out[i] = f(x[i]);                                                          \
+  }                                                                                                        \
+  template <class F>                                                                                       \
+  void binary_loop(F f, const float* __restrict a, const float* __restrict b, float* __restrict out, i64 n) { \
+    for (i64 i = 0; i < n; ++i) out[i] = f(a[i], b[i]);                                                    \
+  }                                                                                                        \
+  template <class F>                                                                                       \
+  void scalar_loop(F f, const float* __restrict a, float s, float* __restrict out, i64 n) {                \
+    for (i64 i = 0; i < n; ++i) out[i] = f(a[i], s);                                                       \
+  }                                                                                                        \
+  void unary(UnaryOp op, const float* x, float* out, i64 n) {                                              \
+    math::with_unary(op, [&](auto f) { unary_loop(f, x, out, n); });                                       \
+  }                                                                                                        \
+  void binary(BinaryOp op, const float* a, const float* b, float* out, i64 n) {                            \
+    math::with_binary(op, [&](auto f) { binary_loop(f, a, b, out, n); });                                  \
+  }                                                                                                        \
+  void scalar(BinaryOp op, const float* a, float s, float* out, i64 n) {                                   \
+    math::with_binary(op, [&](auto f) { scalar_loop(f, a, s, out, n); });                                  \
+  }
 
-template <class F>
-void loop_scalar(F f, const float* __restrict a, float s, float* __restrict out, i64 n) {
-  for (i64 i = 0; i < n; ++i) out[i] = f(a[i], s);
+namespace baseline {
+DEFER_FUSED_LOOPS
+}  // namespace baseline
+
+#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
+#define DEFER_FUSED_HAVE_AVX2 1
+#pragma GCC push_options
+#pragma GCC target("avx2")
+namespace avx2 {
+DEFER_FUSED_LOOPS
+}  // namespace avx2
+#pragma GCC pop_options
+#endif
+#undef DEFER_FUSED_LOOPS
+
+struct Loops {
+  void (*unary)(UnaryOp, const float*, float*, i64);
+  void (*binary)(BinaryOp, const float*, const float*, float*, i64);
+  void (*scalar)(BinaryOp, const float*, float, float*, i64);
+};
+
+constexpr Loops kBaselineLoops{baseline::unary, baseline::binary, baseline::scalar};
+
+std::atomic<bool> g_force_portable{false};
+
+const Loops& loops() {
+#ifdef DEFER_FUSED_HAVE_AVX2
+  static constexpr Loops kAvx2Loops{avx2::unary, avx2::binary, avx2::scalar};
+  static const bool have_avx2 = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") != 0;
+  }();
+  if (have_avx2 && !g_force_portable.load(std::memory_order_relaxed)) return kAvx2Loops;
+#endif
+  return kBaselineLoops;
 }
 
 // Copies elements [start, start + len) of a strided input to out: an odometer over the collapsed
@@ -252,12 +328,25 @@ void gather(const float* src, const Strided& s, i64 start, i64 len, float* __res
   }
 }
 
+// Uninitialized floats starting on a cache line.
+class Scratch {
+ public:
+  explicit Scratch(std::size_t floats)
+      : raw_(std::make_unique_for_overwrite<float[]>(floats + 16)), data_(cache_line_aligned(raw_.get())) {}
+  float* data() const { return data_; }
+
+ private:
+  std::unique_ptr<float[]> raw_;
+  float* data_;
+};
+
 struct Interpreter {
   const Plan& plan;
+  const Loops& loops;
   const float* const* inputs;
   float* const* outputs;
   const float* scalars;
-  i64 chunk;  // buffer stride in scratch
+  i64 stride;  // floats from one chunk buffer to the next in scratch
 
   // Runs elements [start, start + len), len <= chunk, with `scratch` holding plan.buffers chunks.
   void run(i64 start, i64 len, float* scratch) const {
@@ -267,32 +356,20 @@ struct Interpreter {
         case Where::output: return outputs[r.index] + start;
         case Where::buffer: break;
       }
-      return scratch + r.index * chunk;
+      return scratch + r.index * stride;
     };
     auto dst = [&](Ref r) -> float* {
-      return r.where == Where::output ? outputs[r.index] + start : scratch + r.index * chunk;
+      return r.where == Where::output ? outputs[r.index] + start : scratch + r.index * stride;
     };
     for (const Step& st : plan.steps) {
       float* out = dst(st.dst);
       switch (st.kind) {
         case FusedKind::load: gather(inputs[st.arg], plan.reads[static_cast<std::size_t>(st.arg)], start, len, out); break;
-        case FusedKind::unary: {
-          const float* x = src(st.a);
-          math::with_unary(static_cast<UnaryOp>(st.op), [&](auto f) { loop_unary(f, x, out, len); });
+        case FusedKind::unary: loops.unary(static_cast<UnaryOp>(st.op), src(st.a), out, len); break;
+        case FusedKind::binary: loops.binary(static_cast<BinaryOp>(st.op), src(st.a), src(st.b), out, len); break;
+        case FusedKind::binary_scalar:
+          loops.scalar(static_cast<BinaryOp>(st.op), src(st.a), scalars[st.arg], out, len);
           break;
-        }
-        case FusedKind::binary: {
-          const float* a = src(st.a);
-          const float* b = src(st.b);
-          math::with_binary(static_cast<BinaryOp>(st.op), [&](auto f) { loop_binary(f, a, b, out, len); });
-          break;
-        }
-        case FusedKind::binary_scalar: {
-          const float* a = src(st.a);
-          const float s = scalars[st.arg];
-          math::with_binary(static_cast<BinaryOp>(st.op), [&](auto f) { loop_scalar(f, a, s, out, len); });
-          break;
-        }
       }
     }
     for (const Copy& c : plan.copies) {
@@ -305,6 +382,20 @@ struct Interpreter {
 
 }  // namespace
 
+namespace detail {
+// Testing hook, like matmul_force_portable: run the baseline loops even where AVX2 is available.
+// Returns whether an AVX2 path exists on this machine.
+bool fused_force_portable(bool force) noexcept {
+  g_force_portable.store(force, std::memory_order_relaxed);
+#ifdef DEFER_FUSED_HAVE_AVX2
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") != 0;
+#else
+  return false;
+#endif
+}
+}  // namespace detail
+
 void run_fused(const FusedProgram& program, const FusedLayout& layout, const float* const* inputs,
                float* const* outputs, const float* scalars) {
   run_fused(program, layout, inputs, outputs, scalars, FusedRunOptions{});
@@ -314,28 +405,35 @@ void run_fused(const FusedProgram& program, const FusedLayout& layout, const flo
                float* const* outputs, const float* scalars, const FusedRunOptions& options) {
   const i64 n = layout.numel();
   if (n <= 0) return;
-  const Plan plan = make_plan(program, layout, inputs, outputs);
+  // Per thread: the calling thread plans (and, below the pool's threshold, runs) alone; pool
+  // workers only read the plan while this thread waits in parallel_for.
+  thread_local Planner planner;
+  const Plan& plan = planner.make(program, layout, inputs, outputs);
   const i64 chunk = std::min(std::max<i64>(options.chunk, 1), n);
   const i64 chunks = (n + chunk - 1) / chunk;
-  const auto per_thread = static_cast<std::size_t>(plan.buffers) * static_cast<std::size_t>(chunk);
-  const Interpreter interp{plan, inputs, outputs, scalars, chunk};
-
+  // Buffers start on cache lines and one line more than a chunk apart: chunks of a power-of-two
+  // size would otherwise put every buffer at the same address modulo 4 KiB, and a loop's loads
+  // would keep waiting on its stores to an unrelated buffer ("4K aliasing").
+  const i64 stride = (chunk + 15) / 16 * 16 + 16;
+  const auto per_thread = static_cast<std::size_t>(plan.buffers) * static_cast<std::size_t>(stride);
+  const Interpreter interp{plan, loops(), inputs, outputs, scalars, stride};
   ThreadPool* pool = nullptr;
   if (n >= options.parallel_min && chunks > 1) {
     pool = options.pool != nullptr ? options.pool : &ThreadPool::shared();
     if (pool->num_workers() == 0) pool = nullptr;
   }
   if (pool == nullptr) {
-    const auto scratch = std::make_unique_for_overwrite<float[]>(per_thread);
-    for (i64 start = 0; start < n; start += chunk) interp.run(start, std::min(chunk, n - start), scratch.get());
+    if (planner.scratch.size() < per_thread + 16) planner.scratch.resize(per_thread + 16);
+    float* scratch = cache_line_aligned(planner.scratch.data());
+    for (i64 start = 0; start < n; start += chunk) interp.run(start, std::min(chunk, n - start), scratch);
     return;
   }
 
   const i64 per_task = std::max<i64>(1, kTaskElements / chunk) * chunk;
   const i64 tasks = (n + per_task - 1) / per_task;
-  const auto scratch = std::make_unique_for_overwrite<float[]>(per_thread * pool->num_slots());
+  Scratch scratch(per_thread * pool->num_slots());
   pool->parallel_for(tasks, [&](i64 task, unsigned slot) {
-    float* mine = scratch.get() + per_thread * slot;
+    float* mine = scratch.data() + per_thread * slot;
     const i64 end = std::min(n, (task + 1) * per_task);
     for (i64 start = task * per_task; start < end; start += chunk)
       interp.run(start, std::min(chunk, end - start), mine);
