@@ -29,46 +29,6 @@ struct GroupBudget {  // what a group uses of the fused-kernel caps
 
 }  // namespace
 
-kernels::FusedLayout make_fused_layout(const Shape& out, const std::vector<Shape>& inputs) {
-  const std::size_t rank = out.size();
-  std::vector<std::vector<int64_t>> strides(inputs.size(), std::vector<int64_t>(rank, 0));
-  for (std::size_t i = 0; i < inputs.size(); ++i) {
-    int64_t stride = 1;
-    for (std::size_t k = 0; k < inputs[i].size(); ++k) {
-      const int64_t extent = inputs[i][inputs[i].size() - 1 - k];
-      strides[i][rank - 1 - k] = extent == 1 ? 0 : stride;
-      stride *= extent;
-    }
-  }
-  // Innermost first: merge a dim into its inner neighbour when every input steps through the pair
-  // as through one dim.
-  std::vector<int64_t> shape_c;
-  std::vector<std::vector<int64_t>> strides_c(inputs.size());
-  for (std::size_t k = 0; k < rank; ++k) {
-    const std::size_t d = rank - 1 - k;
-    if (out[d] == 1) continue;
-    bool merge = !shape_c.empty();
-    for (std::size_t i = 0; merge && i < inputs.size(); ++i) merge = strides[i][d] == strides_c[i].back() * shape_c.back();
-    if (merge) {
-      shape_c.back() *= out[d];
-      continue;
-    }
-    shape_c.push_back(out[d]);
-    for (std::size_t i = 0; i < inputs.size(); ++i) strides_c[i].push_back(strides[i][d]);
-  }
-  if (shape_c.size() > static_cast<std::size_t>(kernels::kMaxDims))
-    throw std::invalid_argument("fusion: " + shape_str(out) + " collapses to more than kMaxDims dims");
-  kernels::FusedLayout layout;
-  layout.ndim = static_cast<int>(shape_c.size());
-  layout.strides.resize(inputs.size());
-  for (int d = 0; d < layout.ndim; ++d) {
-    const std::size_t from = shape_c.size() - 1 - static_cast<std::size_t>(d);
-    layout.shape[static_cast<std::size_t>(d)] = shape_c[from];
-    for (std::size_t i = 0; i < inputs.size(); ++i) layout.strides[i][static_cast<std::size_t>(d)] = strides_c[i][from];
-  }
-  return layout;
-}
-
 FusionPlan plan_fusion(const std::vector<OpNode*>& order) {
   const std::size_t n = order.size();
   FusionPlan plan;

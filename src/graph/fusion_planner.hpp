@@ -46,7 +46,4 @@ bool build_program(FusionGroup& group, const FusionPlan& plan);
 // materialized members.
 void launch_group(FusionGroup& group, StreamImpl& wait_stream, const char* reason);
 
-// Collapses the output shape and every input's broadcast strides into as few dims as possible.
-kernels::FusedLayout make_fused_layout(const Shape& out, const std::vector<Shape>& inputs);
-
 }  // namespace defer::detail

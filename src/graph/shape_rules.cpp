@@ -49,47 +49,59 @@ TensorMeta broadcast_meta(const char* op, const TensorMeta& a, const TensorMeta&
   return TensorMeta{std::move(out), DType::f32, a.device};
 }
 
-std::optional<kernels::Broadcast> make_broadcast(const Shape& out, const Shape& a, const Shape& b) {
-  if (a == out && b == out) return std::nullopt;
+kernels::FusedLayout make_fused_layout(const Shape& out, const std::vector<Shape>& inputs) {
   const std::size_t rank = out.size();
-  // Right-aligned contiguous strides, 0 where an input is broadcast.
-  std::vector<int64_t> sa(rank, 0), sb(rank, 0);
-  auto strides = [&](const Shape& in, std::vector<int64_t>& s) {
+  std::vector<std::vector<int64_t>> strides(inputs.size(), std::vector<int64_t>(rank, 0));
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
     int64_t stride = 1;
-    for (std::size_t k = 0; k < in.size(); ++k) {
-      const std::size_t i = rank - 1 - k;
-      const int64_t extent = in[in.size() - 1 - k];
-      s[i] = extent == 1 ? 0 : stride;
+    for (std::size_t k = 0; k < inputs[i].size(); ++k) {
+      const int64_t extent = inputs[i][inputs[i].size() - 1 - k];
+      strides[i][rank - 1 - k] = extent == 1 ? 0 : stride;
       stride *= extent;
     }
-  };
-  strides(a, sa);
-  strides(b, sb);
-  // Collapse, from the innermost dim outwards: drop extent-1 dims, and merge a dim into the inner
-  // neighbour when both inputs step through the pair contiguously (or both broadcast it).
-  std::vector<int64_t> shape_c, sa_c, sb_c;  // innermost first
+  }
+  // Innermost first: merge a dim into its inner neighbour when every input steps through the pair
+  // as through one dim.
+  std::vector<int64_t> shape_c;
+  std::vector<std::vector<int64_t>> strides_c(inputs.size());
   for (std::size_t k = 0; k < rank; ++k) {
-    const std::size_t i = rank - 1 - k;
-    if (out[i] == 1) continue;
-    if (!shape_c.empty() && sa[i] == sa_c.back() * shape_c.back() && sb[i] == sb_c.back() * shape_c.back()) {
-      shape_c.back() *= out[i];
+    const std::size_t d = rank - 1 - k;
+    if (out[d] == 1) continue;
+    bool merge = !shape_c.empty();
+    for (std::size_t i = 0; merge && i < inputs.size(); ++i) merge = strides[i][d] == strides_c[i].back() * shape_c.back();
+    if (merge) {
+      shape_c.back() *= out[d];
       continue;
     }
-    shape_c.push_back(out[i]);
-    sa_c.push_back(sa[i]);
-    sb_c.push_back(sb[i]);
+    shape_c.push_back(out[d]);
+    for (std::size_t i = 0; i < inputs.size(); ++i) strides_c[i].push_back(strides[i][d]);
   }
   if (shape_c.size() > static_cast<std::size_t>(kernels::kMaxDims))
     throw std::invalid_argument("broadcast: " + shape_str(out) + " needs more than " + std::to_string(kernels::kMaxDims) +
                                 " non-mergeable dims");
-  if (shape_c.empty() || (shape_c.size() == 1 && sa_c[0] == 1 && sb_c[0] == 1)) return std::nullopt;  // contiguous
-  kernels::Broadcast bc;
-  bc.ndim = static_cast<int>(shape_c.size());
-  for (int d = 0; d < bc.ndim; ++d) {  // stored outermost first
+  kernels::FusedLayout layout;
+  layout.ndim = static_cast<int>(shape_c.size());
+  layout.strides.resize(inputs.size());
+  for (int d = 0; d < layout.ndim; ++d) {
     const std::size_t from = shape_c.size() - 1 - static_cast<std::size_t>(d);
-    bc.shape[d] = shape_c[from];
-    bc.stride[0][d] = sa_c[from];
-    bc.stride[1][d] = sb_c[from];
+    layout.shape[static_cast<std::size_t>(d)] = shape_c[from];
+    for (std::size_t i = 0; i < inputs.size(); ++i) layout.strides[i][static_cast<std::size_t>(d)] = strides_c[i][from];
+  }
+  return layout;
+}
+
+std::optional<kernels::Broadcast> make_broadcast(const Shape& out, const Shape& a, const Shape& b) {
+  if (a == out && b == out) return std::nullopt;
+  const kernels::FusedLayout layout = make_fused_layout(out, {a, b});
+  const auto& sa = layout.strides[0];
+  const auto& sb = layout.strides[1];
+  if (layout.ndim == 0 || (layout.ndim == 1 && sa[0] == 1 && sb[0] == 1)) return std::nullopt;  // contiguous
+  kernels::Broadcast bc;
+  bc.ndim = layout.ndim;
+  for (std::size_t d = 0; d < static_cast<std::size_t>(layout.ndim); ++d) {
+    bc.shape[d] = layout.shape[d];
+    bc.stride[0][d] = sa[d];
+    bc.stride[1][d] = sb[d];
   }
   return bc;
 }

@@ -8,6 +8,7 @@
 
 #include <defer/tensor.hpp>
 
+#include "fusion/fused_program.hpp"
 #include "op_kinds.hpp"
 
 namespace defer::detail {
@@ -26,8 +27,11 @@ std::string describe(const TensorMeta& m);  // "[2, 3] f32 cpu"
 void check_same_device_and_dtype(const char* op, const std::vector<TensorMeta>& inputs, bool any_dtype = false);
 
 TensorMeta broadcast_meta(const char* op, const TensorMeta& a, const TensorMeta& b);
-// The indexing of a and b by the output of a broadcast, with adjacent dimensions collapsed.
-// nullopt when no broadcasting happens (all three shapes equal).
+// How each input is indexed by the output of a broadcast: the output shape and every input's
+// strides (0 where broadcast) collapsed into as few dims as possible (std::invalid_argument if more
+// than kMaxDims remain). The one routine behind make_broadcast and fused kernels' layouts.
+kernels::FusedLayout make_fused_layout(const Shape& out, const std::vector<Shape>& inputs);
+// The same for the two inputs of a binary op; nullopt when they are read contiguously.
 std::optional<kernels::Broadcast> make_broadcast(const Shape& out, const Shape& a, const Shape& b);
 
 // Normalizes a possibly negative dim for a tensor of `rank` dims, or throws naming the op.
