@@ -19,7 +19,7 @@
 //                               there is no replayed variant to compare with.
 //
 // Variants: eager (ModeGuard(Mode::eager): every op launches at its call), deferred (the default
-// mode with detail::set_fusion_enabled(false): the wait launches one kernel per op), fused (deferred
+// mode with set_fusion_enabled(false): the wait launches one kernel per op), fused (deferred
 // with fusion on, the library's default).
 //
 // Each step builds the ops on inputs that already exist, waits the result and synchronizes the
@@ -150,8 +150,8 @@ const TensorAwait& input(const Shape& shape, unsigned seed, float scale = 1.f) {
 // Sets the process-wide fusion switch for one case and restores it afterwards.
 class FusionSwitch {
  public:
-  explicit FusionSwitch(bool on) : previous_(defer::detail::fusion_enabled()) { defer::detail::set_fusion_enabled(on); }
-  ~FusionSwitch() { defer::detail::set_fusion_enabled(previous_); }
+  explicit FusionSwitch(bool on) : previous_(defer::fusion_enabled()) { defer::set_fusion_enabled(on); }
+  ~FusionSwitch() { defer::set_fusion_enabled(previous_); }
   FusionSwitch(const FusionSwitch&) = delete;
   FusionSwitch& operator=(const FusionSwitch&) = delete;
 

@@ -19,9 +19,9 @@ namespace {
 // Runs make() twice, fused and unfused, and returns both results.
 template <class F>
 std::pair<std::vector<float>, std::vector<float>> fused_and_unfused(F make) {
-  detail::set_fusion_enabled(false);
+  set_fusion_enabled(false);
   auto unfused = to_vector(wait(make()));
-  detail::set_fusion_enabled(true);
+  set_fusion_enabled(true);
   auto fused = to_vector(wait(make()));
   return {fused, unfused};
 }

@@ -371,9 +371,9 @@ TEST(Deferral, NothingLaunchesUntilAWait) {
   EXPECT_EQ(stats().kernel_launches, 0u);
   EXPECT_EQ(stats().awaits_run, 0u);
   EXPECT_FALSE(s.is_ready());
-  detail::set_fusion_enabled(false);  // one kernel per op, to count them
+  set_fusion_enabled(false);  // one kernel per op, to count them
   wait(s);
-  detail::set_fusion_enabled(true);
+  set_fusion_enabled(true);
   EXPECT_EQ(stats().kernel_launches, 503u);
   EXPECT_EQ(stats().awaits_run, 503u);
   reset_stats();
@@ -399,9 +399,9 @@ TEST(Deferral, SharedSubexpressionsRunOnceAndIntermediatesKeepTheirTensor) {
   TensorAwait d = exp(x);
   TensorAwait r = (d + d) + (d * 2.f);
   TensorAwait u = sum(d, 0);  // another graph on d, not waited
-  detail::set_fusion_enabled(false);
+  set_fusion_enabled(false);
   wait(r);
-  detail::set_fusion_enabled(true);
+  set_fusion_enabled(true);
   EXPECT_EQ(stats().kernel_launches, 4u) << "exp, add, mul and the final add: exp once";
   EXPECT_TRUE(d.is_ready()) << "an intermediate the user holds is materialized";
   const void* p = wait(d).data_ptr();
@@ -451,14 +451,14 @@ TEST(Deferral, ConcurrentWaitsOfOneGraphRunEachNodeOnce) {
       steps.push_back(tanh(steps.back()));
       steps.push_back(steps.back() + x);
     }
-    detail::set_fusion_enabled(fused);
+    set_fusion_enabled(fused);
     reset_stats();
     std::vector<std::thread> threads;
     std::vector<const void*> seen(8);
     for (int i = 0; i < 8; ++i)
       threads.emplace_back([&, i] { seen[static_cast<std::size_t>(i)] = wait(steps.back()).data_ptr(); });
     for (auto& t : threads) t.join();
-    detail::set_fusion_enabled(true);
+    set_fusion_enabled(true);
     EXPECT_EQ(stats().awaits_run, 100u) << "each node once (fused: " << fused << ")";
     EXPECT_EQ(stats().kernel_launches, fused ? 13u : 100u) << "fused: 8 outputs a kernel at most";
     for (const void* p : seen) EXPECT_EQ(p, seen[0]);

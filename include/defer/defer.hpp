@@ -6,6 +6,7 @@
 #include <defer/memory.hpp>
 #include <defer/mode.hpp>
 #include <defer/ops.hpp>
+#include <defer/options.hpp>
 #include <defer/stats.hpp>
 #include <defer/stream.hpp>
 #include <defer/tensor.hpp>

@@ -68,11 +68,6 @@ void plan_and_launch(OpNode& root, StreamImpl& stream);
 // The same for several roots at once (wait_all), all claimed by the caller.
 void plan_and_launch(const std::vector<OpNode*>& roots, StreamImpl& stream);
 
-// Fusion of element-wise subgraphs at wait time: on unless DEFER_FUSION=0 (read once) or switched
-// off with set_fusion_enabled (benchmarks compare deferred with and without it).
-bool fusion_enabled() noexcept;
-void set_fusion_enabled(bool on) noexcept;
-
 // The stream a node runs on: the wait's stream when on the node's device, else that device's
 // current stream.
 StreamImpl& stream_for(Device d, StreamImpl& wait_stream);

@@ -9,6 +9,7 @@
 #include <unordered_set>
 
 #include <defer/mode.hpp>
+#include <defer/options.hpp>
 
 #include "graph/fusion_planner.hpp"
 #include "graph/op_node.hpp"
@@ -126,18 +127,5 @@ void plan_and_launch(const std::vector<OpNode*>& roots, StreamImpl& stream) {
     }
   }
 }
-
-namespace {
-std::atomic<bool>& fusion_switch() {
-  static std::atomic<bool> on = [] {
-    const char* v = std::getenv("DEFER_FUSION");
-    return v == nullptr || std::string_view(v) != "0";
-  }();
-  return on;
-}
-}  // namespace
-
-bool fusion_enabled() noexcept { return fusion_switch().load(std::memory_order_relaxed); }
-void set_fusion_enabled(bool on) noexcept { fusion_switch().store(on, std::memory_order_relaxed); }
 
 }  // namespace defer::detail
