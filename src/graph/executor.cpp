@@ -9,6 +9,7 @@
 
 #include "cpu/ops.hpp"
 #include "runtime/copy.hpp"
+#include "runtime/fault_injection.hpp"
 #include "runtime/cpu/cpu_stream.hpp"
 #include "runtime/tensor_impl.hpp"
 #ifdef DEFER_HAVE_CUDA
@@ -176,6 +177,7 @@ Tensor copy_to_device(const Tensor& src, const TensorMeta& out_meta, StreamImpl&
 
 Tensor launch_op(const OpSpec& spec, const std::vector<Tensor>& inputs, const TensorMeta& out_meta, StreamImpl& stream,
                  const char* reason) {
+  check_injected_launch_fault(short_name(spec));  // tests: runtime/fault_injection.hpp
   if (launch_log_enabled()) log_launch(spec, inputs, out_meta, stream, reason);
   if (spec.kind == OpKind::to_device) return copy_to_device(inputs[0], out_meta, stream);
   Tensor out = allocate_tensor(out_meta.shape, out_meta.dtype, stream, op_name(spec).c_str());

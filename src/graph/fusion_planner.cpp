@@ -10,6 +10,7 @@
 #include "cpu/fused.hpp"
 #include "graph/executor.hpp"
 #include "runtime/cpu/cpu_stream.hpp"
+#include "runtime/fault_injection.hpp"
 #include "runtime/tensor_impl.hpp"
 #ifdef DEFER_HAVE_CUDA
 #include "graph/fusion/cuda_fused_launch.hpp"
@@ -249,6 +250,7 @@ void launch_group(FusionGroup& group, StreamImpl& wait_stream, const char* reaso
                    shape_str(group.shape).c_str(), out.size(), device.str().c_str(),
                    static_cast<unsigned long long>(stream.id()), reason);
     }
+    check_injected_launch_fault("fused");  // tests: runtime/fault_injection.hpp
     if (group.layout->numel() > 0) {
 #ifdef DEFER_HAVE_CUDA
       if (device.is_cuda()) {
