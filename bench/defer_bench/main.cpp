@@ -98,7 +98,7 @@ int main(int argc, char** argv) {
 
     std::vector<CaseResult> results;
     {
-      Progress progress(suite.size() * kRunModes.size());
+      Progress progress(suite.size());
       results = run_suite(suite, settings, device, *timer, progress);
     }
     for (const CaseResult& r : results) context.all_match = context.all_match && r.matches;

@@ -27,6 +27,13 @@ T parse_number(std::string_view flag, std::string_view value, T lowest) {
   return v;
 }
 
+bool takes_value(std::string_view flag) {
+  for (std::string_view known : {"--device", "--repeats", "--warmup", "--repeat-ms", "--tolerance", "--filter", "--json",
+                                 "--svg", "--batch", "--seq", "--hidden", "--heads"})
+    if (flag == known) return true;
+  return false;
+}
+
 }  // namespace
 
 Options parse_options(int argc, char** argv) {
@@ -45,14 +52,15 @@ Options parse_options(int argc, char** argv) {
     }
     // Every other flag takes a value: --flag VALUE or --flag=VALUE.
     std::string_view flag = arg, value;
-    if (const auto eq = arg.find('='); arg.starts_with("--") && eq != std::string_view::npos) {
-      flag = arg.substr(0, eq);
+    const auto eq = arg.find('=');
+    if (arg.starts_with("--") && eq != std::string_view::npos) flag = arg.substr(0, eq);
+    if (!takes_value(flag)) throw UsageError("unknown argument " + std::string(arg));
+    if (eq != std::string_view::npos) {
       value = arg.substr(eq + 1);
     } else if (i + 1 < argc) {
       value = argv[++i];
     } else {
-      throw UsageError(std::string(arg.starts_with("--") ? "missing value for " : "unknown argument ") +
-                       std::string(arg));
+      throw UsageError("missing value for " + std::string(arg));
     }
     if (flag == "--device") {
       try {
@@ -88,8 +96,6 @@ Options parse_options(int argc, char** argv) {
     } else if (flag == "--heads") {
       block.heads = parse_number<std::int64_t>(flag, value, 1);
       block_given = true;
-    } else {
-      throw UsageError("unknown argument " + std::string(arg));
     }
   }
   if (block_given) {

@@ -42,103 +42,131 @@ double checksum_of(const std::vector<float>& v) {
   return s;
 }
 
-struct Measured {
-  CaseResult result;
-  std::vector<float> output;  // the last step's result, on the host
-  std::vector<float> first;   // the first step's result (eager: the reference)
+// One mode of one workload while it runs: its repeats so far and its stats deltas.
+struct ModeRun {
+  RunMode mode = RunMode::eager;
+  bool failed = false;
+  std::int64_t steps_per_repeat = 1;
+  std::vector<double> per_step, cpu_per_step;
+  std::uint64_t launches = 0, fused = 0, graphs = 0;
+  std::vector<float> first;  // the first warm-up step's result (eager's is the reference)
+  defer::Tensor last;        // the last timed step's result
 };
 
-Measured measure(const Workload& w, const std::function<defer::TensorAwait()>& step, RunMode mode,
-                 const RunSettings& settings, StepTimer& timer) {
-  Measured m;
-  CaseResult& r = m.result;
-  r.workload = w.name;
-  r.size = w.size;
-  r.description = w.description;
-  r.mode = mode_name(mode);
-  r.repeats = settings.repeats;
-
-  const ModeScope scope(mode);
-  // Warm-up: untimed except for the last step, which sizes the repeats.
+// Untimed warm-up steps (the first deferred steps fill caches: compiled fused kernels, recorded
+// plans and graphs, the allocator's pool); the last one is timed to size the repeats.
+void warm_up(ModeRun& run, const std::function<defer::TensorAwait()>& step, const RunSettings& settings,
+             StepTimer& timer) {
+  const ModeScope scope(run.mode);
   double step_s = 0;
   for (int i = 0; i < settings.warmup; ++i) {
     timer.begin();
     const defer::Tensor out = defer::wait(step());
     step_s = timer.end_seconds();
-    if (i == 0) m.first = defer::to_vector(out);
+    if (i == 0) run.first = defer::to_vector(out);
   }
   const double steps = std::ceil(settings.repeat_s / std::max(step_s, 1e-7));
-  r.steps_per_repeat = static_cast<std::int64_t>(std::clamp(steps, 1.0, 100000.0));
+  run.steps_per_repeat = static_cast<std::int64_t>(std::clamp(steps, 1.0, 100000.0));
+}
 
-  std::vector<double> per_step, cpu_per_step;
-  defer::Tensor last;
+// One timed repeat: steps_per_repeat steps, each timed from before its ops are built until its
+// work has finished.
+void timed_repeat(ModeRun& run, const std::function<defer::TensorAwait()>& step, StepTimer& timer) {
+  const ModeScope scope(run.mode);
   const defer::Stats before = defer::stats();
-  for (int rep = 0; rep < settings.repeats; ++rep) {
-    const double cpu_start = process_cpu_seconds();
-    double total = 0;
-    for (std::int64_t k = 0; k < r.steps_per_repeat; ++k) {
-      timer.begin();
-      last = defer::wait(step());
-      total += timer.end_seconds();
-    }
-    const auto n = static_cast<double>(r.steps_per_repeat);
-    per_step.push_back(total / n);
-    cpu_per_step.push_back((process_cpu_seconds() - cpu_start) / n);
+  const double cpu_start = process_cpu_seconds();
+  double total = 0;
+  for (std::int64_t k = 0; k < run.steps_per_repeat; ++k) {
+    timer.begin();
+    run.last = defer::wait(step());
+    total += timer.end_seconds();
   }
+  const auto n = static_cast<double>(run.steps_per_repeat);
+  run.cpu_per_step.push_back((process_cpu_seconds() - cpu_start) / n);
+  run.per_step.push_back(total / n);
   const defer::Stats after = defer::stats();
-  const double timed_steps = static_cast<double>(settings.repeats) * static_cast<double>(r.steps_per_repeat);
-  r.kernel_launches = static_cast<double>(after.kernel_launches - before.kernel_launches) / timed_steps;
-  r.fused_kernels = static_cast<double>(after.fused_kernels - before.fused_kernels) / timed_steps;
-  r.graph_launches = static_cast<double>(after.graph_launches - before.graph_launches) / timed_steps;
-  r.median_s = median_of(per_step);
-  r.min_s = *std::min_element(per_step.begin(), per_step.end());
-  r.max_s = *std::max_element(per_step.begin(), per_step.end());
-  r.cpu_s = median_of(cpu_per_step);
+  run.launches += after.kernel_launches - before.kernel_launches;
+  run.fused += after.fused_kernels - before.fused_kernels;
+  run.graphs += after.graph_launches - before.graph_launches;
+}
+
+// Runs `what` for one mode; an exception marks the mode failed (reported, the run goes on).
+template <class F>
+void guarded(ModeRun& run, const Workload& w, Progress& progress, F what) {
+  if (run.failed) return;
+  try {
+    what();
+  } catch (const std::exception& e) {
+    progress.clear();
+    std::fprintf(stderr, "defer-bench: %s %s %s failed: %s\n", w.name.c_str(), w.size.c_str(), mode_name(run.mode),
+                 e.what());
+    run.failed = true;
+  }
+}
+
+CaseResult summarize(const Workload& w, const ModeRun& run, const RunSettings& settings,
+                     const std::vector<float>& reference) {
+  CaseResult r;
+  r.workload = w.name;
+  r.size = w.size;
+  r.description = w.description;
+  r.mode = mode_name(run.mode);
+  r.repeats = settings.repeats;
+  r.max_rel_error = std::numeric_limits<double>::infinity();
+  if (run.failed || run.per_step.empty()) return r;
+  r.steps_per_repeat = run.steps_per_repeat;
+  r.median_s = median_of(run.per_step);
+  r.min_s = *std::min_element(run.per_step.begin(), run.per_step.end());
+  r.max_s = *std::max_element(run.per_step.begin(), run.per_step.end());
+  r.cpu_s = median_of(run.cpu_per_step);
+  const double steps = static_cast<double>(run.per_step.size()) * static_cast<double>(run.steps_per_repeat);
+  r.kernel_launches = static_cast<double>(run.launches) / steps;
+  r.fused_kernels = static_cast<double>(run.fused) / steps;
+  r.graph_launches = static_cast<double>(run.graphs) / steps;
   if (w.bytes_per_step > 0) r.bytes_per_second = w.bytes_per_step / r.median_s;
   if (w.flops_per_step > 0) r.flops_per_second = w.flops_per_step / r.median_s;
-  m.output = defer::to_vector(last);
-  r.checksum = checksum_of(m.output);
-  return m;
+  const std::vector<float> output = defer::to_vector(run.last);
+  r.checksum = checksum_of(output);
+  // Eager is compared with its own first step: its kernels must be deterministic too.
+  if (!reference.empty()) r.max_rel_error = max_relative_error(output, reference);
+  return r;
 }
 
 }  // namespace
 
+// The modes' repeats are interleaved (eager, deferred, fused, graph, eager, ...) rather than run
+// one mode after the other, so that a change in the machine's load during a workload (other
+// processes on a shared box, clock boosts) affects every mode alike and the ratios stay fair.
 std::vector<CaseResult> run_suite(const std::vector<Workload>& workloads, const RunSettings& settings,
                                   defer::Device device, StepTimer& timer, Progress& progress) {
   std::vector<CaseResult> results;
   for (const Workload& w : workloads) {
-    const std::function<defer::TensorAwait()> step = w.prepare();
-    std::vector<float> reference;  // eager's first step
-    double eager_median = 0;
+    progress.next(w.name + " " + w.size);
+    std::vector<ModeRun> runs;
     for (RunMode mode : kRunModes) {
-      progress.next(w.name + " " + w.size + " " + mode_name(mode));
-      CaseResult r;
-      try {
-        Measured m = measure(w, step, mode, settings, timer);
-        r = std::move(m.result);
-        if (mode == RunMode::eager) {
-          reference = std::move(m.first);
-          eager_median = r.median_s;
-        }
-        // Eager is compared with its own first step: the kernels must be deterministic too.
-        r.max_rel_error = reference.empty() ? std::numeric_limits<double>::infinity()
-                                            : max_relative_error(m.output, reference);
-      } catch (const std::exception& e) {
-        // A failing mode is reported and fails the run, but the other cases still run.
-        progress.clear();
-        std::fprintf(stderr, "defer-bench: %s %s %s failed: %s\n", w.name.c_str(), w.size.c_str(), mode_name(mode),
-                     e.what());
-        r.workload = w.name;
-        r.size = w.size;
-        r.description = w.description;
-        r.mode = mode_name(mode);
-        r.max_rel_error = std::numeric_limits<double>::infinity();
-      }
+      runs.emplace_back();
+      runs.back().mode = mode;
+    }
+    try {
+      const std::function<defer::TensorAwait()> step = w.prepare();
+      for (ModeRun& run : runs) guarded(run, w, progress, [&] { warm_up(run, step, settings, timer); });
+      for (int rep = 0; rep < settings.repeats; ++rep)
+        for (ModeRun& run : runs) guarded(run, w, progress, [&] { timed_repeat(run, step, timer); });
+    } catch (const std::exception& e) {  // preparing the inputs failed: every mode fails
+      progress.clear();
+      std::fprintf(stderr, "defer-bench: %s %s failed: %s\n", w.name.c_str(), w.size.c_str(), e.what());
+      for (ModeRun& run : runs) run.failed = true;
+    }
+    const std::vector<float>& reference = runs.front().first;  // eager's
+    double eager_median = 0;
+    for (const ModeRun& run : runs) {
+      CaseResult r = summarize(w, run, settings, reference);
+      if (run.mode == RunMode::eager) eager_median = r.median_s;
       r.matches = r.max_rel_error <= settings.tolerance;
       r.speedup = r.median_s > 0 && eager_median > 0 ? eager_median / r.median_s : 0;
       results.push_back(std::move(r));
     }
-    defer::current_stream(device).synchronize();  // the step (and its inputs) go out of scope here
+    defer::current_stream(device).synchronize();  // the inputs go out of scope with this workload
   }
   return results;
 }

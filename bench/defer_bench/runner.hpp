@@ -20,9 +20,10 @@ struct RunSettings {
   double tolerance = 1e-4;  // max relative error against eager
 };
 
-// For each workload: prepares its inputs, runs eager, deferred, fused and graph (in that order) on
-// the current stream of `device`, and compares each mode's result with eager's. Results come in
-// workload order, modes in kRunModes order.
+// For each workload: prepares its inputs, runs eager, deferred, fused and graph on the current
+// stream of `device` (warm-up for each, then the timed repeats interleaved across the modes), and
+// compares each mode's result with eager's. Results come in workload order, modes in kRunModes
+// order. A mode that throws is reported on stderr and counts as a mismatch; the run goes on.
 std::vector<CaseResult> run_suite(const std::vector<Workload>& workloads, const RunSettings& settings,
                                   defer::Device device, StepTimer& timer, Progress& progress);
 
