@@ -809,6 +809,404 @@ TEST(FusedCpu, ConcurrentCallers) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// fused reductions: an element-wise prologue evaluated over a domain, one value reduced along one
+// axis of it. Checked against a float64 reduction of the bounded float64 prologue values.
+
+// A layout over the domain `dims`, inputs to be added, reducing dim `dim`.
+FusedLayout reduce_layout(const std::vector<i64>& dims, int dim) {
+  FusedLayout l;
+  l.ndim = static_cast<int>(dims.size());
+  for (std::size_t d = 0; d < dims.size(); ++d) l.shape[d] = dims[d];
+  l.reduce = {1, dims[static_cast<std::size_t>(dim)], 1};
+  for (int d = 0; d < dim; ++d) l.reduce.outer *= dims[static_cast<std::size_t>(d)];
+  for (std::size_t d = static_cast<std::size_t>(dim) + 1; d < dims.size(); ++d) l.reduce.inner *= dims[d];
+  return l;
+}
+
+// The element-wise program with its (single) output reduced instead of written.
+FusedProgram reducing(FusedProgram p, ReduceOp op) {
+  p.reduction = FusedReduction{op, p.outputs.front()};
+  p.outputs = {p.outputs.front()};
+  return p;
+}
+
+const char* reduce_name(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::sum: return "sum";
+    case ReduceOp::mean: return "mean";
+    case ReduceOp::max: return "max";
+  }
+  return "?";
+}
+
+i64 reduce_outputs(const FusedLayout& l) { return l.reduce.outer * l.reduce.inner; }
+
+Outputs run_reduce(const Case& c, const FusedRunOptions* options = nullptr) {
+  Outputs out(1, reduce_outputs(c.layout));
+  const auto in = c.input_ptrs();
+  if (options) cpu::run_fused(c.program, c.layout, in.data(), out.ptrs.data(), c.scalars.data(), *options);
+  else cpu::run_fused(c.program, c.layout, in.data(), out.ptrs.data(), c.scalars.data());
+  return out;
+}
+
+struct ReduceStats {
+  i64 checked = 0;  // a finite value within its bound
+  i64 nan = 0;      // NaN for certain
+  i64 skipped = 0;  // some element without a usable bound
+};
+
+// Output `r` (= o * inner + i) against the float64 reduction of the prologue's bounded values: the
+// float elements are within 2 * err of the float64 ones, the double accumulation adds at most
+// n * 2^-52 of the absolute sum, and the final rounding to float half an ulp (one, for slack).
+bool reduce_output_ok(const Case& c, i64 r, float got, ReduceStats& stats, std::string& why) {
+  const auto& ax = c.layout.reduce;
+  const ReduceOp op = c.program.reduction->op;
+  const i64 o = r / ax.inner, i = r % ax.inner;
+  double sum = 0, err = 0, abs_sum = 0, mx = -std::numeric_limits<double>::infinity(), mx_err = 0;
+  bool nan = false;
+  for (i64 k = 0; k < ax.n; ++k) {
+    const Bounded b = eval_bounded(c, (o * ax.n + k) * ax.inner + i)[0];
+    if (!b.ok) {
+      ++stats.skipped;
+      return true;
+    }
+    if (std::isnan(b.v)) {
+      nan = true;
+      continue;
+    }
+    sum += b.v;
+    err += 2 * b.err;
+    abs_sum += std::fabs(b.v);
+    mx = std::max(mx, b.v);
+    mx_err = std::max(mx_err, 2 * b.err);
+  }
+  if (nan || (ax.n == 0 && op != ReduceOp::sum)) {
+    ++stats.nan;
+    why = "expected NaN";
+    return std::isnan(got);
+  }
+  double want = 0, tol = 0;
+  const double accumulate = static_cast<double>(ax.n) * 0x1p-52 * abs_sum;
+  switch (op) {
+    case ReduceOp::sum:
+      want = sum;
+      tol = err + accumulate;
+      break;
+    case ReduceOp::mean:
+      want = sum / static_cast<double>(ax.n);
+      tol = (err + accumulate) / static_cast<double>(ax.n);
+      break;
+    case ReduceOp::max:
+      want = mx;
+      tol = mx_err;
+      break;
+  }
+  tol += 0x1p-23 * std::fabs(want) + 1e-37;
+  ++stats.checked;
+  why = "float64 " + std::to_string(want) + " +- " + std::to_string(tol);
+  return std::fabs(static_cast<double>(got) - want) <= tol;
+}
+
+// Every output written exactly once and right; `every` > 1 checks a spread sample and the last.
+void expect_reduce_matches_float64(const std::string& ctx, const Case& c, const Outputs& got, ReduceStats& stats,
+                                   i64 every = 1) {
+  got.expect_written(ctx);
+  const i64 outputs = reduce_outputs(c.layout);
+  i64 bad = 0;
+  for (i64 r = 0; r < outputs; r = (r + every < outputs || r == outputs - 1) ? r + every : outputs - 1) {
+    std::string why;
+    const float g = got.bufs[0][static_cast<std::size_t>(r)];
+    if (!reduce_output_ok(c, r, g, stats, why) && bad++ < 3)
+      ADD_FAILURE() << ctx << "\noutput " << r << ": fused " << g << ", " << why;
+  }
+  EXPECT_EQ(bad, 0) << ctx;
+}
+
+std::string reduce_what(const Case& c, const std::vector<i64>& dims, int dim) {
+  std::string s = std::string(reduce_name(c.program.reduction->op)) + " over dim " + std::to_string(dim) + " of [";
+  for (std::size_t d = 0; d < dims.size(); ++d) s += (d ? ", " : "") + std::to_string(dims[d]);
+  const auto& ax = c.layout.reduce;
+  s += "] (outer " + std::to_string(ax.outer) + ", n " + std::to_string(ax.n) + ", inner " + std::to_string(ax.inner) +
+       "), key " + structure_key(c.program, c.layout) + "\n" + describe(c.program);
+  return s;
+}
+
+// Prologues: the reduced input alone (read where it lives), a chain over a broadcast bias and a
+// second input with scalars, and a positive chain (exp) whose sums are well conditioned.
+enum class Prologue { load_only, chain, positive };
+
+Case reduce_case(const std::vector<i64>& dims, int dim, ReduceOp op, Prologue prologue, Pattern first,
+                 std::mt19937& gen) {
+  Case c;
+  c.layout = reduce_layout(dims, dim);
+  switch (prologue) {
+    case Prologue::load_only:
+      c.program = make_program({load(0)}, {0}, 1, 0);
+      c.inputs.push_back(random_input(c.layout, first, gen));
+      break;
+    case Prologue::chain:
+      // ((x * y + bias) |> silu) * s0 - s1, maximum with x, then tanh(...) + x
+      c.program = make_program({load(0), load(1), load(2), binary(BinaryOp::mul, 0, 1), binary(BinaryOp::add, 3, 2),
+                                unary(UnaryOp::silu, 4), scalar_op(BinaryOp::mul, 5, 0), scalar_op(BinaryOp::sub, 6, 1),
+                                binary(BinaryOp::maximum, 7, 0), unary(UnaryOp::tanh, 8), binary(BinaryOp::add, 9, 0)},
+                               {10}, 3, 2);
+      c.inputs.push_back(random_input(c.layout, first, gen));
+      c.inputs.push_back(random_input(c.layout, Pattern::any, gen));
+      c.inputs.push_back(random_input(c.layout, Pattern::broadcast, gen));
+      c.scalars = {random_value(gen, -2.f, 2.f), random_value(gen, -2.f, 2.f)};
+      break;
+    case Prologue::positive:
+      c.program = make_program({load(0), scalar_op(BinaryOp::mul, 0, 0), unary(UnaryOp::exp, 1)}, {2}, 1, 1);
+      c.inputs.push_back(random_input(c.layout, first, gen));
+      c.scalars = {0.5f};
+      break;
+  }
+  c.program = reducing(c.program, op);
+  c.what = reduce_what(c, dims, dim);
+  return c;
+}
+
+constexpr ReduceOp kReduceOps[] = {ReduceOp::sum, ReduceOp::mean, ReduceOp::max};
+
+struct DomainCase {
+  std::vector<i64> dims;
+  int dim;
+};
+
+// Every op over the first, a middle and the last dim, every walk of the interpreter: rows
+// (inner == 1) and columns, short rows sharing a chunk, chunks that start and end inside a row,
+// tiles of wide columns (inner > 512) with a narrow last tile, n == 1, a 1-element domain.
+TEST(FusedReduceCpu, EveryOpAndDimMatchesFloat64) {
+  const DomainCase domains[] = {{{37}, 0},        {{5, 300}, 0},    {{5, 300}, 1},    {{300, 5}, 0},
+                                {{300, 5}, 1},    {{4, 7, 9}, 0},   {{4, 7, 9}, 1},   {{4, 7, 9}, 2},
+                                {{3, 100, 2}, 1}, {{2, 5, 600}, 0}, {{2, 5, 600}, 1}, {{2, 3, 1100}, 1},
+                                {{6, 1, 5}, 1},   {{1}, 0},         {{2, 33, 4, 5}, 2}};
+  ThreadPool pool(3);
+  std::vector<std::pair<std::string, FusedRunOptions>> runs = {
+      {"chunk 1", single_thread(1)}, {"chunk 7", single_thread(7)}, {"chunk 512", single_thread(512)},
+      {"pool of 3, chunk 64", on_pool(pool, 64)}};
+  std::mt19937 gen(4242);
+  ReduceStats stats;
+  for (const DomainCase& d : domains)
+    for (ReduceOp op : kReduceOps)
+      for (Prologue prologue : {Prologue::load_only, Prologue::chain, Prologue::positive}) {
+        const Case c = reduce_case(d.dims, d.dim, op, prologue, Pattern::any, gen);
+        ASSERT_NO_THROW(validate(c.program, c.layout)) << c.what;
+        expect_reduce_matches_float64(c.what + "\n(default options)", c, run_reduce(c), stats);
+        for (const auto& [name, options] : runs)
+          expect_reduce_matches_float64(c.what + "\n(" + name + ")", c, run_reduce(c, &options), stats);
+        if (::testing::Test::HasFailure()) return;
+      }
+  std::printf("reductions: %lld outputs checked, %lld NaN, %lld without a bound\n",
+              static_cast<long long>(stats.checked), static_cast<long long>(stats.nan),
+              static_cast<long long>(stats.skipped));
+  EXPECT_GT(stats.checked, 20 * (stats.nan + stats.skipped)) << "too few outputs had a usable float64 bound";
+}
+
+// Random element-wise DAGs (every op, repeated loads, scalars, any input pattern) with their first
+// output reduced: mostly a test that every value a reduction can end on is reduced right.
+TEST(FusedReduceCpu, RandomProloguesMatchFloat64) {
+  std::mt19937 gen(99);
+  ThreadPool pool(2);
+  ReduceStats stats;
+  for (int k = 0; k < 120; ++k) {
+    auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(gen); };
+    std::vector<i64> dims;
+    const int nd = pick(1, 4);
+    for (int d = 0; d < nd; ++d) dims.push_back(pick(1, 3) == 1 ? 1 : pick(2, 24));
+    if (k % 10 == 0) dims[static_cast<std::size_t>(pick(0, nd - 1))] = 700;  // tiles or long rows
+    const int dim = pick(0, nd - 1);
+    Case c;
+    const int num_inputs = pick(1, 3), num_scalars = pick(0, 2);
+    c.program = reducing(random_program(gen, num_inputs, num_scalars, pick(1, 12)), kReduceOps[k % 3]);
+    c.layout = reduce_layout(dims, dim);
+    for (int i = 0; i < num_inputs; ++i) c.inputs.push_back(random_input(c.layout, Pattern::any, gen, 0.5f, 2.f));
+    for (int s = 0; s < num_scalars; ++s) c.scalars.push_back(random_value(gen, 0.5f, 1.5f));
+    c.what = reduce_what(c, dims, dim);
+    ASSERT_NO_THROW(validate(c.program, c.layout)) << c.what;
+    const FusedRunOptions options = k % 2 ? single_thread(pick(1, 600)) : on_pool(pool, pick(16, 600));
+    expect_reduce_matches_float64(c.what, c, run_reduce(c, &options), stats);
+    if (::testing::Test::HasFailure()) return;
+  }
+  std::printf("random prologues: %lld outputs checked, %lld NaN, %lld without a bound\n",
+              static_cast<long long>(stats.checked), static_cast<long long>(stats.nan),
+              static_cast<long long>(stats.skipped));
+  EXPECT_GT(stats.checked, stats.nan + stats.skipped) << "too few outputs had a usable float64 bound";
+}
+
+// Domains big enough to be split across the pool: by blocks of short rows, by blocks of columns, by
+// tiles of wide columns; and a single long row (one task). Compared on a sample of outputs; the
+// single-threaded run must agree with the split one to the last bit or so.
+TEST(FusedReduceCpu, LargeDomainsSplitAcrossThreads) {
+  const DomainCase domains[] = {{{2048, 1000}, 1}, {{1000, 2048}, 0}, {{64, 500, 64}, 1}, {{1 << 19}, 0}};
+  ThreadPool pool(3);
+  std::mt19937 gen(5);
+  ReduceStats stats;
+  int i = 0;
+  for (const DomainCase& d : domains)
+    for (ReduceOp op : kReduceOps) {
+      const Case c = reduce_case(d.dims, d.dim, op, ++i % 2 ? Prologue::chain : Prologue::positive, Pattern::any, gen);
+      const Outputs shared = run_reduce(c);  // the default options: the shared pool
+      const FusedRunOptions pooled = on_pool(pool, 512);
+      const Outputs mine = run_reduce(c, &pooled);
+      const FusedRunOptions alone = single_thread(512);
+      const Outputs single = run_reduce(c, &alone);
+      const i64 outputs = reduce_outputs(c.layout);
+      const i64 every = std::max<i64>(1, outputs / 64);
+      expect_reduce_matches_float64(c.what + "\n(shared pool)", c, shared, stats, every);
+      mine.expect_written(c.what + "\n(pool of 3)");
+      single.expect_written(c.what + "\n(single thread)");
+      for (i64 r = 0; r < outputs; ++r) {
+        const auto ru = static_cast<std::size_t>(r);
+        ASSERT_TRUE(same_float(mine.bufs[0][ru], single.bufs[0][ru]) && same_float(shared.bufs[0][ru], single.bufs[0][ru]))
+            << c.what << "\noutput " << r << ": pool " << mine.bufs[0][ru] << ", shared " << shared.bufs[0][ru]
+            << ", single thread " << single.bufs[0][ru];
+      }
+      if (::testing::Test::HasFailure()) return;
+    }
+  EXPECT_EQ(stats.nan + stats.skipped, 0);
+}
+
+// Sums accumulate in double, like the unfused kernel: 2^24 followed by a thousand ones (x * 1 in
+// the prologue) sums to 2^24 + 1000 exactly, where a float accumulator would stay at 2^24.
+TEST(FusedReduceCpu, SumsAccumulateInDouble) {
+  for (i64 inner : {i64{1}, i64{3}, i64{700}})
+    for (i64 chunk : {i64{1}, i64{64}, i64{4096}}) {
+      Case c;
+      c.program = reducing(make_program({load(0), scalar_op(BinaryOp::mul, 0, 0)}, {1}, 1, 1), ReduceOp::sum);
+      c.layout = reduce_layout({2, 1001, inner}, 1);
+      Input x;
+      x.storage.assign(static_cast<std::size_t>(2 * 1001 * inner), 1.f);
+      for (i64 o = 0; o < 2; ++o)
+        for (i64 i = 0; i < inner; ++i) x.storage[static_cast<std::size_t>(o * 1001 * inner + i)] = 16777216.f;
+      c.inputs.push_back(x);
+      c.layout.strides.push_back({1001 * inner, inner, 1});
+      c.scalars = {1.f};
+      const FusedRunOptions options = single_thread(chunk);
+      const Outputs got = run_reduce(c, &options);
+      got.expect_written("double accumulation");
+      for (i64 r = 0; r < 2 * inner; ++r)
+        ASSERT_EQ(got.bufs[0][static_cast<std::size_t>(r)], 16778216.f) << "inner " << inner << " output " << r;
+    }
+}
+
+// A NaN anywhere in a reduced row makes max (and sum, mean) NaN, whether it is in the input or
+// made by the prologue (log of a negative); rows without one are exact for max. Infinities too.
+TEST(FusedReduceCpu, NaNAndInfPropagation) {
+  for (const DomainCase& d : {DomainCase{{6, 40}, 1}, DomainCase{{2, 40, 6}, 1}, DomainCase{{2, 40, 600}, 1}})
+    for (ReduceOp op : kReduceOps)
+      for (bool through_log : {false, true}) {
+        std::mt19937 gen(17);
+        Case c;
+        c.layout = reduce_layout(d.dims, d.dim);
+        // through_log: v = exp(log(x)) is x for x > 0 and NaN for x < 0; else v = x + 0
+        c.program = through_log ? make_program({load(0), unary(UnaryOp::log, 0), unary(UnaryOp::exp, 1)}, {2}, 1, 0)
+                                : make_program({load(0), scalar_op(BinaryOp::add, 0, 0)}, {1}, 1, 1);
+        c.program = reducing(c.program, op);
+        c.scalars = {0.f};
+        c.inputs.push_back(random_input(c.layout, Pattern::contiguous, gen, 0.5f, 4.f));
+        const auto& ax = c.layout.reduce;
+        std::vector<float>& x = c.inputs[0].storage;
+        // Five outputs (o, i): a bad element at the row's end; at its start; +inf; -inf and a bad
+        // one; none.
+        using Slot = std::pair<i64, i64>;
+        const std::vector<Slot> slots = ax.inner == 1 ? std::vector<Slot>{{0, 0}, {1, 0}, {2, 0}, {3, 0}, {4, 0}}
+                                                      : std::vector<Slot>{{0, 0}, {0, 1}, {1, 0}, {1, 1}, {0, 2}};
+        auto at = [&](Slot s, i64 k) -> float& {
+          return x[static_cast<std::size_t>((s.first * ax.n + k) * ax.inner + s.second)];
+        };
+        const float bad = through_log ? -1.f : kNaN;
+        at(slots[0], ax.n - 1) = bad;
+        at(slots[1], 0) = bad;
+        at(slots[2], ax.n / 2) = kInf;
+        at(slots[3], 1) = -kInf;
+        at(slots[3], 2) = bad;
+        Outputs got = run_reduce(c);
+        got.expect_written(c.what);
+        auto out = [&](Slot s) { return got.bufs[0][static_cast<std::size_t>(s.first * ax.inner + s.second)]; };
+        const std::string ctx = std::string(reduce_name(op)) + (through_log ? " (NaN from log)" : " (NaN input)") +
+                                " inner " + std::to_string(ax.inner);
+        EXPECT_TRUE(std::isnan(out(slots[0]))) << ctx << ": " << out(slots[0]);
+        EXPECT_TRUE(std::isnan(out(slots[1]))) << ctx << ": " << out(slots[1]);
+        EXPECT_EQ(out(slots[2]), kInf) << ctx;
+        EXPECT_TRUE(std::isnan(out(slots[3]))) << ctx << ": " << out(slots[3]);
+        if (op == ReduceOp::max) {  // an untouched row: the exact max (of exp(log(x)) within rounding)
+          float m = -kInf;
+          for (i64 k = 0; k < ax.n; ++k) m = std::max(m, at(slots[4], k));
+          if (through_log) EXPECT_NEAR(out(slots[4]), m, 1e-6f * m) << ctx;
+          else EXPECT_EQ(out(slots[4]), m) << ctx;
+        } else {
+          EXPECT_TRUE(std::isfinite(out(slots[4]))) << ctx << ": " << out(slots[4]);
+        }
+      }
+}
+
+// n == 0 writes the empty reduction (0 for sum, NaN for mean and max) to every output; no outputs
+// (outer or inner 0) writes nothing.
+TEST(FusedReduceCpu, EmptyReductions) {
+  for (ReduceOp op : kReduceOps) {
+    Case c;
+    c.program = reducing(make_program({load(0), unary(UnaryOp::exp, 0)}, {1}, 1, 0), op);
+    c.layout = reduce_layout({3, 0, 4}, 1);
+    c.layout.strides.push_back({0, 4, 1});
+    c.inputs.push_back(Input{{1.f}, 0});
+    ASSERT_NO_THROW(validate(c.program, c.layout));
+    const Outputs got = run_reduce(c);
+    got.expect_written(reduce_name(op));
+    for (i64 r = 0; r < 12; ++r) {
+      const float g = got.bufs[0][static_cast<std::size_t>(r)];
+      if (op == ReduceOp::sum) EXPECT_EQ(g, 0.f) << r;
+      else EXPECT_TRUE(std::isnan(g)) << reduce_name(op) << " " << r << ": " << g;
+    }
+    for (const DomainCase& d : {DomainCase{{0, 5}, 1}, DomainCase{{5, 0}, 0}}) {
+      Case e = c;
+      e.layout = reduce_layout(d.dims, d.dim);
+      e.layout.strides.push_back({5, 1});
+      ASSERT_EQ(reduce_outputs(e.layout), 0);
+      ASSERT_NO_THROW(validate(e.program, e.layout));
+      run_reduce(e).expect_written("no outputs");  // only the guard, which must stay poisoned
+    }
+  }
+}
+
+// The caller may collapse the domain's shape (make_fused_layout does); the reduce split alone says
+// what is reduced, so the results are the same, bit for bit.
+TEST(FusedReduceCpu, CollapsedShapeGivesTheSameResult) {
+  std::mt19937 gen(3);
+  for (ReduceOp op : kReduceOps)
+    for (int dim : {0, 1, 2}) {
+      const Case c = reduce_case({6, 50, 7}, dim, op, Prologue::positive, Pattern::contiguous, gen);
+      Case flat = c;
+      flat.layout.ndim = 1;
+      flat.layout.shape = {6 * 50 * 7};
+      flat.layout.strides = {{1}};
+      const Outputs a = run_reduce(c), b = run_reduce(flat);
+      b.expect_written(c.what);
+      for (std::size_t r = 0; r < a.bufs[0].size(); ++r) ASSERT_EQ(bits(a.bufs[0][r]), bits(b.bufs[0][r])) << c.what << r;
+    }
+}
+
+// The folding loops' baseline and AVX2 builds keep the same lanes: bit-identical results.
+TEST(FusedReduceCpu, PortableAndAvx2LoopsAgreeBitForBit) {
+  struct ForcePortable {
+    bool have_avx2 = cpu::detail::fused_force_portable(false);
+    ~ForcePortable() { cpu::detail::fused_force_portable(false); }
+  } guard;
+  std::mt19937 gen(12);
+  for (const DomainCase& d : {DomainCase{{7, 999}, 1}, DomainCase{{999, 7}, 0}, DomainCase{{3, 40, 700}, 1}})
+    for (ReduceOp op : kReduceOps) {
+      const Case c = reduce_case(d.dims, d.dim, op, Prologue::chain, Pattern::any, gen);
+      const FusedRunOptions options = single_thread(256);
+      cpu::detail::fused_force_portable(true);
+      const Outputs portable = run_reduce(c, &options);
+      cpu::detail::fused_force_portable(false);
+      const Outputs wide = run_reduce(c, &options);
+      for (std::size_t r = 0; r < portable.bufs[0].size(); ++r)
+        ASSERT_EQ(bits(portable.bufs[0][r]), bits(wide.bufs[0][r])) << c.what << "\noutput " << r;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // validate, structure_key, all_contiguous
 
 FusedLayout flat_layout(int inputs, i64 n = 8) {
@@ -936,6 +1334,69 @@ TEST(FusedProgramKey, DifferentStructureDifferentKey) {
   std::vector<std::string> keys;
   for (UnaryOp op : kUnaryOps)
     keys.push_back(structure_key(make_program({load(0), unary(op, 0)}, {1}, 1, 0), flat_layout(1)));
+  std::sort(keys.begin(), keys.end());
+  EXPECT_EQ(std::unique(keys.begin(), keys.end()), keys.end());
+}
+
+TEST(FusedProgramValidate, Reductions) {
+  const FusedProgram p = reducing(make_program({load(0), unary(UnaryOp::exp, 0)}, {1}, 1, 0), ReduceOp::mean);
+  FusedLayout l = reduce_layout({4, 5, 6}, 1);
+  l.strides.push_back({30, 6, 1});
+  EXPECT_NO_THROW(validate(p, l));
+  FusedProgram bad = p;
+  bad.outputs = {1, 1};
+  expect_invalid(bad, l, "exactly one output");
+  bad.outputs = {0};
+  expect_invalid(bad, l, "exactly one output");
+  bad = p;
+  bad.reduction->value = 2;
+  bad.outputs = {2};
+  expect_invalid(bad, l, "output 0 is value 2");
+  bad.outputs = {1};
+  expect_invalid(bad, l, "reduces value 2");
+  bad = p;
+  bad.reduction->op = static_cast<ReduceOp>(3);
+  expect_invalid(bad, l, "not a ReduceOp");
+  FusedLayout split = l;
+  split.reduce = {4, 5, 5};
+  expect_invalid(p, split, "does not cover");
+  split.reduce = {-4, 5, -6};
+  expect_invalid(p, split, "negative size");
+  split = l;
+  split.ndim = 1;
+  split.shape = {120};
+  EXPECT_NO_THROW(validate(p, split)) << "a collapsed domain with the same split";
+}
+
+TEST(FusedProgramKey, Reductions) {
+  const FusedProgram ew = make_program({load(0), load(1), binary(BinaryOp::mul, 0, 1), unary(UnaryOp::exp, 2)}, {3}, 2, 0);
+  auto layout = [](const std::vector<i64>& dims, int dim) {
+    FusedLayout l = reduce_layout(dims, dim);
+    std::array<i64, kMaxDims> row_major{};
+    i64 step = 1;
+    for (int d = l.ndim - 1; d >= 0; --d) {
+      row_major[static_cast<std::size_t>(d)] = step;
+      step *= dims[static_cast<std::size_t>(d)];
+    }
+    l.strides = {row_major, row_major};
+    return l;
+  };
+  const FusedProgram sum = reducing(ew, ReduceOp::sum);
+  const std::string rows = structure_key(sum, layout({8, 100}, 1));
+  const std::string columns = structure_key(sum, layout({100, 8}, 0));
+  // sizes never enter the key: only whether the reduced rows are contiguous (inner == 1)
+  EXPECT_EQ(rows, structure_key(sum, layout({3, 7}, 1)));
+  EXPECT_EQ(rows, structure_key(sum, layout({3000, 1}, 0)));
+  EXPECT_EQ(columns, structure_key(sum, layout({3, 1000}, 0)));
+  EXPECT_EQ(columns, structure_key(sum, layout({1000, 2}, 0)));
+  EXPECT_NE(rows, columns);
+  // the element-wise program, another op, another reduced value: other keys
+  std::vector<std::string> keys = {rows, structure_key(ew, layout({8, 100}, 1)),
+                                   structure_key(reducing(ew, ReduceOp::mean), layout({8, 100}, 1)),
+                                   structure_key(reducing(ew, ReduceOp::max), layout({8, 100}, 1))};
+  FusedProgram other_value = ew;
+  other_value.outputs = {2};
+  keys.push_back(structure_key(reducing(other_value, ReduceOp::sum), layout({8, 100}, 1)));
   std::sort(keys.begin(), keys.end());
   EXPECT_EQ(std::unique(keys.begin(), keys.end()), keys.end());
 }

@@ -1,8 +1,6 @@
-// The chunked interpreter. Per call, a plan maps every value the outputs need to where a chunk of
-// it lives: a slice of a contiguous input (no copy), a slice of an output (computed in place), or a
-// chunk buffer of scratch, reused once the value's last reader has run. Per chunk, broadcast inputs
-// are gathered into their buffers, each instruction runs as one loop over the chunk, and outputs
-// that were not computed in place are copied out.
+// The chunked interpreter (see cpu/fused_interpreter.hpp): planning, the per-instruction loops,
+// gathering strided inputs, and the driver for element-wise outputs. Programs that end in a
+// reduction are driven by fused_reduce.cpp over the same plan and loops.
 #include "cpu/fused.hpp"
 
 #include <algorithm>
@@ -14,26 +12,12 @@
 #include <vector>
 
 #include "cpu/elementwise_math.hpp"
+#include "cpu/fused_interpreter.hpp"
 #include "cpu/thread_pool.hpp"
 
 namespace defer::kernels::cpu {
+namespace fused_internal {
 namespace {
-
-using i64 = std::int64_t;
-
-// Elements one thread takes from the pool at a time: long enough for the hardware prefetchers to
-// stream, short enough to balance two to a few dozen threads.
-constexpr i64 kTaskElements = i64{1} << 15;
-
-// How one input is read, with the dimensions that do not matter to it collapsed: extent-1 dims
-// dropped, and neighbours merged where the outer one steps exactly over the inner one (which also
-// merges runs of broadcast dims). A contiguous input collapses to one dim of stride 1.
-struct Strided {
-  int ndim = 0;
-  i64 shape[kMaxDims] = {};
-  i64 stride[kMaxDims] = {};
-  bool contiguous() const { return ndim == 0 || (ndim == 1 && stride[0] == 1); }
-};
 
 Strided collapse(const FusedLayout& layout, std::size_t input) {
   Strided s;
@@ -54,52 +38,7 @@ Strided collapse(const FusedLayout& layout, std::size_t input) {
   return s;
 }
 
-enum class Where : std::uint8_t { input, buffer, output };
-
-// Where a chunk of a value lives: input `index` or output `index` at the chunk's start, or chunk
-// buffer `index` of the thread's scratch.
-struct Ref {
-  Where where = Where::buffer;
-  std::int32_t index = 0;
-};
-
-struct Step {
-  FusedKind kind;
-  std::uint8_t op;
-  Ref dst;
-  Ref a;
-  Ref b;               // binary only
-  std::int32_t arg;    // load: the input; binary_scalar: the scalar
-};
-
-struct Copy {
-  std::int32_t output;
-  Ref src;
-};
-
-struct Plan {
-  std::vector<Step> steps;     // gathering loads and computations, in program order
-  std::vector<Copy> copies;    // outputs not computed in place
-  std::vector<Strided> reads;  // per input
-  int buffers = 0;             // chunk buffers per thread
-};
-
-// The plan and the vectors that building it needs, kept per thread and reused, so that a call
-// allocates nothing once its thread has seen a program as large (small tensors are launch bound).
-struct Planner {
-  Plan plan;
-  std::vector<std::uint16_t> canon;   // repeated loads of one input map to the first
-  std::vector<int> first_load;        // per input
-  std::vector<char> needed;
-  std::vector<int> out_slot;          // the output a value is computed into, or -1
-  std::vector<int> last_use;          // the last instruction reading a value
-  std::vector<Ref> where;
-  std::vector<std::int32_t> free_buffers;
-  std::vector<float> scratch;         // the single-threaded path's chunk buffers
-
-  const Plan& make(const FusedProgram& program, const FusedLayout& layout, const float* const* inputs,
-                   float* const* outputs);
-};
+}  // namespace
 
 const Plan& Planner::make(const FusedProgram& program, const FusedLayout& layout, const float* const* inputs,
                           float* const* outputs) {
@@ -144,7 +83,7 @@ const Plan& Planner::make(const FusedProgram& program, const FusedLayout& layout
   // A computed output value is written straight into its output's slice, unless an output shares
   // its buffer with an input: then a later instruction of the chunk could read an input element
   // already overwritten, so outputs are staged in buffers and copied out after the whole chunk.
-  bool in_place = true;
+  bool in_place = outputs != nullptr;
   for (std::size_t j = 0; j < program.outputs.size() && in_place; ++j)
     for (std::size_t i = 0; i < program.num_inputs; ++i)
       if (static_cast<const float*>(outputs[j]) == inputs[i]) in_place = false;
@@ -213,11 +152,7 @@ const Plan& Planner::make(const FusedProgram& program, const FusedLayout& layout
   return plan;
 }
 
-// Aligns a pointer up to a cache line.
-float* cache_line_aligned(float* p) {
-  const auto addr = reinterpret_cast<std::uintptr_t>(p);
-  return p + (64 - addr % 64) % 64 / sizeof(float);
-}
+namespace {
 
 // The per-instruction loops, defined twice: for the baseline x86-64 ISA (SSE2, 4 floats a vector)
 // and under #pragma GCC target("avx2") (8 floats a vector), picked at run time like matmul's
@@ -263,24 +198,28 @@ DEFER_FUSED_LOOPS
 #endif
 #undef DEFER_FUSED_LOOPS
 
-struct Loops {
-  void (*unary)(UnaryOp, const float*, float*, i64);
-  void (*binary)(BinaryOp, const float*, const float*, float*, i64);
-  void (*scalar)(BinaryOp, const float*, float, float*, i64);
-};
-
 constexpr Loops kBaselineLoops{baseline::unary, baseline::binary, baseline::scalar};
 
 std::atomic<bool> g_force_portable{false};
 
-const Loops& loops() {
+}  // namespace
+
+bool use_avx2() {
 #ifdef DEFER_FUSED_HAVE_AVX2
-  static constexpr Loops kAvx2Loops{avx2::unary, avx2::binary, avx2::scalar};
   static const bool have_avx2 = [] {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") != 0;
   }();
-  if (have_avx2 && !g_force_portable.load(std::memory_order_relaxed)) return kAvx2Loops;
+  return have_avx2 && !g_force_portable.load(std::memory_order_relaxed);
+#else
+  return false;
+#endif
+}
+
+const Loops& loops() {
+#ifdef DEFER_FUSED_HAVE_AVX2
+  static constexpr Loops kAvx2Loops{avx2::unary, avx2::binary, avx2::scalar};
+  if (use_avx2()) return kAvx2Loops;
 #endif
   return kBaselineLoops;
 }
@@ -328,65 +267,13 @@ void gather(const float* src, const Strided& s, i64 start, i64 len, float* __res
   }
 }
 
-// Uninitialized floats starting on a cache line.
-class Scratch {
- public:
-  explicit Scratch(std::size_t floats)
-      : raw_(std::make_unique_for_overwrite<float[]>(floats + 16)), data_(cache_line_aligned(raw_.get())) {}
-  float* data() const { return data_; }
-
- private:
-  std::unique_ptr<float[]> raw_;
-  float* data_;
-};
-
-struct Interpreter {
-  const Plan& plan;
-  const Loops& loops;
-  const float* const* inputs;
-  float* const* outputs;
-  const float* scalars;
-  i64 stride;  // floats from one chunk buffer to the next in scratch
-
-  // Runs elements [start, start + len), len <= chunk, with `scratch` holding plan.buffers chunks.
-  void run(i64 start, i64 len, float* scratch) const {
-    auto src = [&](Ref r) -> const float* {
-      switch (r.where) {
-        case Where::input: return inputs[r.index] + start;
-        case Where::output: return outputs[r.index] + start;
-        case Where::buffer: break;
-      }
-      return scratch + r.index * stride;
-    };
-    auto dst = [&](Ref r) -> float* {
-      return r.where == Where::output ? outputs[r.index] + start : scratch + r.index * stride;
-    };
-    for (const Step& st : plan.steps) {
-      float* out = dst(st.dst);
-      switch (st.kind) {
-        case FusedKind::load: gather(inputs[st.arg], plan.reads[static_cast<std::size_t>(st.arg)], start, len, out); break;
-        case FusedKind::unary: loops.unary(static_cast<UnaryOp>(st.op), src(st.a), out, len); break;
-        case FusedKind::binary: loops.binary(static_cast<BinaryOp>(st.op), src(st.a), src(st.b), out, len); break;
-        case FusedKind::binary_scalar:
-          loops.scalar(static_cast<BinaryOp>(st.op), src(st.a), scalars[st.arg], out, len);
-          break;
-      }
-    }
-    for (const Copy& c : plan.copies) {
-      const float* from = src(c.src);
-      float* to = outputs[c.output] + start;
-      if (from != to) std::memmove(to, from, static_cast<std::size_t>(len) * sizeof(float));
-    }
-  }
-};
-
-}  // namespace
+}  // namespace fused_internal
 
 namespace detail {
 // Testing hook, like matmul_force_portable: run the baseline loops even where AVX2 is available.
 // Returns whether an AVX2 path exists on this machine.
 bool fused_force_portable(bool force) noexcept {
-  g_force_portable.store(force, std::memory_order_relaxed);
+  fused_internal::g_force_portable.store(force, std::memory_order_relaxed);
 #ifdef DEFER_FUSED_HAVE_AVX2
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") != 0;
@@ -403,6 +290,11 @@ void run_fused(const FusedProgram& program, const FusedLayout& layout, const flo
 
 void run_fused(const FusedProgram& program, const FusedLayout& layout, const float* const* inputs,
                float* const* outputs, const float* scalars, const FusedRunOptions& options) {
+  using namespace fused_internal;
+  if (program.reduction) {
+    run_fused_reduction(program, layout, inputs, outputs[0], scalars, options);
+    return;
+  }
   const i64 n = layout.numel();
   if (n <= 0) return;
   // Per thread: the calling thread plans (and, below the pool's threshold, runs) alone; pool
@@ -411,10 +303,7 @@ void run_fused(const FusedProgram& program, const FusedLayout& layout, const flo
   const Plan& plan = planner.make(program, layout, inputs, outputs);
   const i64 chunk = std::min(std::max<i64>(options.chunk, 1), n);
   const i64 chunks = (n + chunk - 1) / chunk;
-  // Buffers start on cache lines and one line more than a chunk apart: chunks of a power-of-two
-  // size would otherwise put every buffer at the same address modulo 4 KiB, and a loop's loads
-  // would keep waiting on its stores to an unrelated buffer ("4K aliasing").
-  const i64 stride = (chunk + 15) / 16 * 16 + 16;
+  const i64 stride = buffer_stride(chunk);
   const auto per_thread = static_cast<std::size_t>(plan.buffers) * static_cast<std::size_t>(stride);
   const Interpreter interp{plan, loops(), inputs, outputs, scalars, stride};
   ThreadPool* pool = nullptr;

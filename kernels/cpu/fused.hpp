@@ -4,7 +4,9 @@
 // an instruction's op happens once per chunk, so each instruction is a tight loop that vectorizes
 // (the same per-op math as the one-op kernels of ops.hpp, so fused and unfused results are equal),
 // and intermediates live in chunk buffers that stay in cache instead of tensors in memory.
-// Large outputs are split across cores with the shared ThreadPool.
+// Large outputs are split across cores with the shared ThreadPool. A program that ends in a
+// reduction folds each chunk of the reduced value into accumulators while it is in cache
+// (fused_reduce.cpp), so the element-wise intermediate never exists in memory.
 #include <cstdint>
 
 #include "fusion/fused_program.hpp"
@@ -18,7 +20,8 @@ struct FusedRunOptions {
   // Small chunks keep every buffer of a chunk in L1 and interleave reading the inputs with the
   // arithmetic finely; 512 was the fastest of 256..8192 for an 8-op chain on an AMD EPYC (Zen 3).
   std::int64_t chunk = 512;
-  // Outputs with at least this many elements are split across the pool's threads.
+  // Outputs (for a reduction: domains) with at least this many elements are split across the
+  // pool's threads.
   std::int64_t parallel_min = std::int64_t{1} << 18;
   // The pool to split with; null: ThreadPool::shared().
   ThreadPool* pool = nullptr;
@@ -27,6 +30,9 @@ struct FusedRunOptions {
 // Evaluates `program` for each of the layout.numel() output elements: outputs[j] receives value
 // program.outputs[j], contiguous with layout.shape. inputs[i] is read through layout.strides[i]
 // (see FusedLayout); scalars[k] is the k-th scalar (may be null when the program has none).
+// With program.reduction, layout.shape is the domain and outputs[0] receives the
+// layout.reduce.outer * layout.reduce.inner reduced values (row-major [outer, inner]), with the
+// semantics of the unfused reduce kernel; outputs[0] must not overlap any input.
 //
 // Preconditions: validate(program, layout) passes (the op layer checks once per program; this
 // does not).

@@ -9,6 +9,7 @@ namespace {
 
 constexpr unsigned kUnaryOpCount = static_cast<unsigned>(UnaryOp::gelu_tanh) + 1;
 constexpr unsigned kBinaryOpCount = static_cast<unsigned>(BinaryOp::minimum) + 1;
+constexpr unsigned kReduceOpCount = static_cast<unsigned>(ReduceOp::max) + 1;
 
 // Input i is read contiguously when its flat offset equals the output's flat index: every
 // dimension that has more than one element steps by the output's row-major stride. Dimensions of
@@ -52,7 +53,8 @@ bool FusedLayout::all_contiguous() const noexcept {
 // Grammar, one token per item, no separators needed because every token starts with a letter:
 //   "n<inputs>s<scalars>d<ndim>" then per input 'c' (contiguous) or 'g' (gathered through strides),
 //   then per instruction "L<input>", "U<op>.<a>", "B<op>.<a>.<b>" or "S<op>.<a>.<scalar>",
-//   then per output "=<value>".
+//   then per output "=<value>", then for a reduction "R<op>.<value>" and 'r' when the reduced
+//   rows are contiguous (inner == 1) or 'c' when they are columns.
 std::string structure_key(const FusedProgram& program, const FusedLayout& layout) {
   std::string key;
   key.reserve(16 + layout.strides.size() + program.code.size() * 8 + program.outputs.size() * 4);
@@ -89,6 +91,13 @@ std::string structure_key(const FusedProgram& program, const FusedLayout& layout
   for (std::uint16_t out : program.outputs) {
     key += '=';
     key += std::to_string(out);
+  }
+  if (program.reduction) {
+    key += 'R';
+    key += std::to_string(static_cast<unsigned>(program.reduction->op));
+    key += '.';
+    key += std::to_string(program.reduction->value);
+    key += layout.reduce.inner == 1 ? 'r' : 'c';
   }
   return key;
 }
@@ -146,6 +155,24 @@ void validate(const FusedProgram& program, const FusedLayout& layout) {
     if (program.outputs[j] >= count)
       fail("output " + std::to_string(j) + " is value " + std::to_string(program.outputs[j]) + ", but the program defines " +
            std::to_string(count) + " values");
+  if (program.reduction) {
+    const FusedReduction& r = *program.reduction;
+    if (static_cast<unsigned>(r.op) >= kReduceOpCount)
+      fail("reduction has op code " + std::to_string(static_cast<unsigned>(r.op)) + ", not a ReduceOp");
+    if (r.value >= count)
+      fail("reduction reduces value " + std::to_string(r.value) + ", but the program defines " +
+           std::to_string(count) + " values");
+    if (program.outputs.size() != 1 || program.outputs[0] != r.value)
+      fail("a program with a reduction must have exactly one output, the reduced value " + std::to_string(r.value));
+    const FusedLayout::ReduceAxis& axis = layout.reduce;
+    if (axis.outer < 0 || axis.n < 0 || axis.inner < 0)
+      fail("reduction split [" + std::to_string(axis.outer) + ", " + std::to_string(axis.n) + ", " +
+           std::to_string(axis.inner) + "] has a negative size");
+    if (axis.outer * axis.n * axis.inner != layout.numel())
+      fail("reduction split [" + std::to_string(axis.outer) + ", " + std::to_string(axis.n) + ", " +
+           std::to_string(axis.inner) + "] does not cover the domain's " + std::to_string(layout.numel()) +
+           " elements");
+  }
 }
 
 }  // namespace defer::kernels
