@@ -18,3 +18,8 @@ write_basic_package_version_file(${PROJECT_BINARY_DIR}/deferConfigVersion.cmake
                                  COMPATIBILITY SameMinorVersion)
 install(FILES ${PROJECT_BINARY_DIR}/deferConfig.cmake ${PROJECT_BINARY_DIR}/deferConfigVersion.cmake
         DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/defer)
+
+# The defer-bench command, when the benchmarks are built (DEFER_BUILD_BENCH).
+if(TARGET defer-bench)
+  install(TARGETS defer-bench RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+endif()
