@@ -477,6 +477,7 @@ RunResult run(const Program& p, const RunOptions& options) {
   auto observe = [&](int stmt, int id, const std::function<Tensor()>& get) {
     Observation o;
     o.stmt = stmt;
+    o.id = id;
     o.name = p.names[static_cast<std::size_t>(id)];
     try {
       const Tensor t = get();
@@ -508,12 +509,14 @@ RunResult run(const Program& p, const RunOptions& options) {
         continue;
       case Kind::drop: values[static_cast<std::size_t>(s.args[0])].reset(); continue;
       case Kind::wait: {
+        if (options.skip_waits) continue;
         const auto& v = values[static_cast<std::size_t>(s.args[0])];
         if (!v) continue;  // undefined (its op call failed) or dropped
         observe(stmt, s.args[0], [&] { return wait(*v); });
         continue;
       }
       case Kind::wait_all: {
+        if (options.skip_waits) continue;
         std::vector<TensorAwait> list;
         std::vector<int> ids;
         for (int a : s.args)
@@ -562,6 +565,7 @@ RunResult run(const Program& p, const RunOptions& options) {
     } catch (...) {
       Observation o;
       o.stmt = stmt;
+      o.id = s.out;
       o.name = p.names[static_cast<std::size_t>(s.out)];
       o.outcome = outcome_of(std::current_exception(), o.message);
       result.observations.push_back(std::move(o));

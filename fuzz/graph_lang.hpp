@@ -93,6 +93,7 @@ std::vector<float> leaf_values(uint32_t seed, std::size_t count, bool positive);
 // What running a program produced for each wait (in the order waited), for comparing runs.
 struct Observation {
   int stmt = 0;           // index of the wait statement (or of the op call that failed)
+  int id = -1;            // the value's id
   std::string name;       // the value's name
   std::string outcome;    // "ok", "invalid_argument", "logic_error", "OutOfMemory", "DeviceError", "Error", "other"
   std::string message;    // the exception's message, when not ok
@@ -106,6 +107,7 @@ struct RunOptions {
   bool single_stream = false;    // ignore `stream` (everything on the default stream)
   bool apply_switches = true;    // honour `fusion`/`graphs` (they flip process-wide switches)
   bool wait_leftovers = true;    // at the end, wait every value still held, in definition order
+  bool skip_waits = false;       // build the graph only (wait/wait_all do nothing): for explain()
 };
 
 struct RunResult {
