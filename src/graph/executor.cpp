@@ -11,6 +11,7 @@
 #include "runtime/copy.hpp"
 #include "runtime/fault_injection.hpp"
 #include "runtime/cpu/cpu_stream.hpp"
+#include "runtime/stream_capture.hpp"
 #include "runtime/tensor_impl.hpp"
 #ifdef DEFER_HAVE_CUDA
 #include "cuda/ops.hpp"
@@ -31,6 +32,13 @@ std::atomic<bool>& launch_log() {
   return enabled;
 }
 }  // namespace
+
+void count_launch(bool fused) noexcept {
+  if (StreamCapture::capturing()) return;
+  auto& counters = stats_counters();
+  counters.kernel_launches.fetch_add(1, std::memory_order_relaxed);
+  if (fused) counters.fused_kernels.fetch_add(1, std::memory_order_relaxed);
+}
 
 bool launch_log_enabled() noexcept { return launch_log().load(std::memory_order_relaxed); }
 void set_launch_log(bool on) noexcept { launch_log().store(on, std::memory_order_relaxed); }
@@ -186,12 +194,12 @@ Tensor launch_op(const OpSpec& spec, const std::vector<Tensor>& inputs, const Te
 #ifdef DEFER_HAVE_CUDA
   if (stream.device().is_cuda()) {
     launch_cuda(spec, inputs, out, d, stream);
-    stats_counters().kernel_launches.fetch_add(1, std::memory_order_relaxed);
+    count_launch(false);
     return out;
   }
 #endif
   launch_cpu(spec, inputs, out, d, stream);
-  stats_counters().kernel_launches.fetch_add(1, std::memory_order_relaxed);
+  count_launch(false);
   return out;
 }
 

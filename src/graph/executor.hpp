@@ -15,6 +15,10 @@ namespace defer::detail {
 Tensor launch_op(const OpSpec& spec, const std::vector<Tensor>& inputs, const TensorMeta& out_meta, StreamImpl& stream,
                  const char* reason);
 
+// Counts one queued kernel in Stats (fused: one fused from several ops), unless this thread is
+// capturing a graph: replayed kernels count once, as a graph launch.
+void count_launch(bool fused) noexcept;
+
 // DEFER_LOG=1 (read once) logs every launch to stderr; tests switch it with set_launch_log.
 bool launch_log_enabled() noexcept;
 void set_launch_log(bool on) noexcept;

@@ -169,6 +169,7 @@ FusionPlan plan_fusion(const std::vector<OpNode*>& order) {
 
 bool build_program(FusionGroup& group, const FusionPlan& plan) {
   auto program = std::make_shared<kernels::FusedProgram>();
+  std::vector<float> scalars;
   std::unordered_map<const AwaitStateBase*, std::uint16_t> value_of;  // members and loaded inputs
   std::vector<Shape> input_shapes;
   auto value = [&](AwaitState<Tensor>* s) -> std::uint16_t {
@@ -193,8 +194,8 @@ bool build_program(FusionGroup& group, const FusionPlan& plan) {
       const std::uint16_t a = value(node->inputs()[0]);
       instr = {kernels::FusedKind::binary, static_cast<std::uint8_t>(spec.binary), a, value(node->inputs()[1])};
     } else {
-      const auto k = static_cast<std::uint16_t>(group.scalars.size());
-      group.scalars.push_back(spec.scalar);
+      const auto k = static_cast<std::uint16_t>(scalars.size());
+      scalars.push_back(spec.scalar);
       instr = {kernels::FusedKind::binary_scalar, static_cast<std::uint8_t>(spec.binary), value(node->inputs()[0]), k};
     }
     program->code.push_back(instr);
@@ -202,25 +203,60 @@ bool build_program(FusionGroup& group, const FusionPlan& plan) {
     if (group.materialize[m]) program->outputs.push_back(static_cast<std::uint16_t>(program->code.size() - 1));
   }
   program->num_inputs = static_cast<std::uint16_t>(group.inputs.size());
-  program->num_scalars = static_cast<std::uint16_t>(group.scalars.size());
+  program->num_scalars = static_cast<std::uint16_t>(scalars.size());
   if (program->outputs.size() > static_cast<std::size_t>(kernels::kMaxFusedOutputs) ||
       program->code.size() > static_cast<std::size_t>(kernels::kMaxFusedInstructions) ||
       group.inputs.size() > static_cast<std::size_t>(kernels::kMaxFusedInputs)) {
     group.inputs.clear();
-    group.scalars.clear();
     return false;
   }
   try {
     auto layout = std::make_shared<kernels::FusedLayout>(make_fused_layout(group.shape, input_shapes));
     kernels::validate(*program, *layout);
-    group.program = std::move(program);
-    group.layout = std::move(layout);
+    group.kernel.program = std::move(program);
+    group.kernel.layout = std::move(layout);
+    group.kernel.scalars = std::move(scalars);
+    group.kernel.out_shape = group.shape;
+    for (OpNode* node : group.members)
+      group.kernel.ops += (group.kernel.ops.empty() ? "" : ", ") + std::string(short_name(node->spec()));
     return true;
   } catch (const std::invalid_argument&) {
     group.inputs.clear();
-    group.scalars.clear();
     return false;
   }
+}
+
+std::vector<Tensor> launch_fused(const FusedKernel& kernel, const std::vector<const Tensor*>& inputs,
+                                 StreamImpl& stream, const char* reason) {
+  std::vector<const float*> in;
+  in.reserve(inputs.size());
+  for (const Tensor* t : inputs) in.push_back(static_cast<const float*>(t->data_ptr()));
+  std::vector<Tensor> outputs;
+  std::vector<float*> out;
+  for (std::size_t j = 0; j < kernel.program->outputs.size(); ++j) {
+    outputs.push_back(allocate_tensor(kernel.out_shape, DType::f32, stream, "fused"));
+    out.push_back(static_cast<float*>(outputs.back().data_ptr()));
+  }
+  const Device device = stream.device();
+  if (launch_log_enabled()) {
+    std::fprintf(stderr, "defer: launch fused(%s) -> %s, %zu output(s) on %s stream %llu (%s)\n", kernel.ops.c_str(),
+                 shape_str(kernel.out_shape).c_str(), out.size(), device.str().c_str(),
+                 static_cast<unsigned long long>(stream.id()), reason);
+  }
+  if (kernel.layout->numel() == 0) return outputs;
+#ifdef DEFER_HAVE_CUDA
+  if (device.is_cuda()) {
+    launch_fused_cuda(*kernel.program, *kernel.layout, in.data(), out.data(), kernel.scalars.data(), cuda_handle(stream),
+                      device.index());
+  } else
+#endif
+  {
+    enqueue_cpu(stream, [program = kernel.program, layout = kernel.layout, in, out, scalars = kernel.scalars] {
+      kernels::cpu::run_fused(*program, *layout, in.data(), out.data(), scalars.data());
+    });
+  }
+  count_launch(true);
+  return outputs;
 }
 
 void launch_group(FusionGroup& group, StreamImpl& wait_stream, const char* reason) {
@@ -230,44 +266,15 @@ void launch_group(FusionGroup& group, StreamImpl& wait_stream, const char* reaso
   try {
     for (AwaitState<Tensor>* s : group.inputs)  // a failed input fails the group with its own error
       if (s->status() == AwaitStatus::failed) std::rethrow_exception(s->error());
-    const Device device = group.inputs.front()->value().device();
-    StreamImpl& stream = stream_for(device, wait_stream);
-    std::vector<const float*> in;
+    StreamImpl& stream = stream_for(group.inputs.front()->value().device(), wait_stream);
+    std::vector<const Tensor*> in;
     for (AwaitState<Tensor>* s : group.inputs) {
       settle(*s, &stream);
-      in.push_back(static_cast<const float*>(s->value().data_ptr()));
-    }
-    std::vector<float*> out;
-    for (std::size_t m = 0; m < group.members.size(); ++m) {
-      if (!group.materialize[m]) continue;
-      outputs.push_back(allocate_tensor(group.shape, DType::f32, stream, "fused"));
-      out.push_back(static_cast<float*>(outputs.back().data_ptr()));
-    }
-    if (launch_log_enabled()) {
-      std::string ops;
-      for (OpNode* node : group.members) ops += (ops.empty() ? "" : ", ") + std::string(short_name(node->spec()));
-      std::fprintf(stderr, "defer: launch fused(%s) -> %s, %zu output(s) on %s stream %llu (%s)\n", ops.c_str(),
-                   shape_str(group.shape).c_str(), out.size(), device.str().c_str(),
-                   static_cast<unsigned long long>(stream.id()), reason);
+      in.push_back(&s->value());
     }
     check_injected_launch_fault("fused");  // tests: runtime/fault_injection.hpp
-    if (group.layout->numel() > 0) {
-#ifdef DEFER_HAVE_CUDA
-      if (device.is_cuda()) {
-        launch_fused_cuda(*group.program, *group.layout, in.data(), out.data(), group.scalars.data(),
-                          cuda_handle(stream), device.index());
-      } else
-#endif
-      {
-        enqueue_cpu(stream, [program = group.program, layout = group.layout, in, out, scalars = group.scalars] {
-          kernels::cpu::run_fused(*program, *layout, in.data(), out.data(), scalars.data());
-        });
-      }
-      auto& counters = stats_counters();
-      counters.kernel_launches.fetch_add(1, std::memory_order_relaxed);
-      counters.fused_kernels.fetch_add(1, std::memory_order_relaxed);
-    }
-    done = Completion{device, stream.id(), stream.record()};
+    outputs = launch_fused(group.kernel, in, stream, reason);
+    done = Completion{stream.device(), stream.id(), stream.record()};
   } catch (...) {
     error = std::current_exception();
   }

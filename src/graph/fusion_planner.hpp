@@ -11,14 +11,26 @@
 
 namespace defer::detail {
 
-// A group of element-wise nodes over one output shape, in topological order.
-struct FusionGroup {
-  std::vector<OpNode*> members;
-  std::vector<bool> materialize;                // per member: write its tensor
-  std::vector<AwaitState<Tensor>*> inputs;      // the group's external inputs (done states)
+// What a fused launch needs, independent of the nodes it was built from: a replayed plan keeps it.
+struct FusedKernel {
   std::shared_ptr<kernels::FusedProgram> program;
   std::shared_ptr<kernels::FusedLayout> layout;
   std::vector<float> scalars;
+  Shape out_shape;  // the shape of every output
+  std::string ops;  // the fused ops, for DEFER_LOG
+};
+
+// Allocates the kernel's outputs on `stream` and queues it, reading `inputs` (in the program's
+// input order, all on the stream's device and ordered on it). Counts and logs the launch.
+std::vector<Tensor> launch_fused(const FusedKernel& kernel, const std::vector<const Tensor*>& inputs,
+                                 StreamImpl& stream, const char* reason);
+
+// A group of element-wise nodes over one output shape, in topological order.
+struct FusionGroup {
+  std::vector<OpNode*> members;
+  std::vector<bool> materialize;            // per member: write its tensor
+  std::vector<AwaitState<Tensor>*> inputs;  // the group's external inputs (done states)
+  FusedKernel kernel;                       // built by build_program
   Shape shape;
 };
 

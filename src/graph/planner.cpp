@@ -13,6 +13,7 @@
 
 #include "graph/fusion_planner.hpp"
 #include "graph/op_node.hpp"
+#include "graph/replay.hpp"
 #include "runtime/stream_impl.hpp"
 
 namespace defer::detail {
@@ -110,6 +111,8 @@ void plan_and_launch(const std::vector<OpNode*>& roots, StreamImpl& stream) {
     for (OpNode* n : claimed) n->unclaim();
     lost->block_until_done();
   }
+  // A structure waited before replays without planning, as one captured launch.
+  if (try_replay(plan.order, stream, reason)) return;
   // Element-wise subgraphs run as fused kernels, launched when their last member comes up in the
   // topological order; everything else runs its own kernel. An error in one node is cached there
   // and reaches its consumers through their inputs; nodes that do not depend on it still run.

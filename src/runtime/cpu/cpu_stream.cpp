@@ -4,6 +4,8 @@
 
 #include <defer/errors.hpp>
 
+#include "runtime/stream_capture.hpp"
+
 namespace defer::detail {
 
 void CpuQueue::wait_for(std::uint64_t position) {
@@ -96,6 +98,10 @@ void CpuStream::wait(const std::shared_ptr<EventImpl>& e) {
 }
 
 void enqueue_cpu(StreamImpl& stream, std::function<void()> task) {
+  if (StreamCapture* capture = StreamCapture::active_for(stream)) {
+    capture->record_cpu_task(std::move(task));  // a replayed plan: queued later, as one task
+    return;
+  }
   static_cast<CpuStream&>(stream).enqueue(std::move(task));
 }
 
