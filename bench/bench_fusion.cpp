@@ -13,21 +13,24 @@
 //                               the project goal names); "arith" leaves out sigmoid and tanh, so that it
 //                               stays memory-bound. Only the chain's end is held, so a fused chain never
 //                               writes its intermediates.
-//   BM_mlp/...                  one MLP step, x[64,256] -> matmul W1[256,1024] + b1 -> gelu -> matmul
-//                               W2[1024,256] + b2 -> layer_norm. Every step builds the graph again and
-//                               plans it at the wait: graph capture and replay do not exist yet, so
-//                               there is no replayed variant to compare with.
+//   BM_mlp/<size>/...           one MLP step, x[b,d] -> matmul W1[d,4d] + b1 -> gelu -> matmul
+//                               W2[4d,d] + b2 -> layer_norm, at "small" (b=8, d=64: launch bound) and
+//                               "medium" (b=64, d=256: matmul bound). Every step builds the graph again.
 //
 // Variants: eager (ModeGuard(Mode::eager): every op launches at its call), deferred (the default
-// mode with set_fusion_enabled(false): the wait launches one kernel per op), fused (deferred
-// with fusion on, the library's default).
+// mode with set_fusion_enabled(false) and set_graphs_enabled(false): the wait launches one kernel
+// per op), fused (deferred with fusion on, graph replay off), and for the MLP also replayed (fusion
+// and graph replay on, the library's default: from the second step on the plan is not planned
+// again and runs as one graph launch; on the CPU one queue task).
 //
 // Each step builds the ops on inputs that already exist, waits the result and synchronizes the
 // current stream of the device: CPU kernels run on the stream's worker thread (and the pool), so
 // times are wall-clock (UseRealTime) and include the kernels.
 //
 // Counters:
-//   launches/step  defer::stats().kernel_launches delta per step (a fused kernel counts once);
+//   launches/step  defer::stats().kernel_launches delta per step (a fused kernel counts once; kernels
+//                  inside a replayed graph do not count);
+//   graphs/step    defer::stats().graph_launches delta per step;
 //   fused/step     defer::stats().fused_kernels delta per step;
 //   bytes_per_second  for chains: what a perfect fused kernel must move, i.e. every input read once
 //                  and the output written once (2 or 3 tensors of <size> floats), the same figure in
@@ -50,6 +53,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <cmath>
 #include <map>
 #include <new>
 #include <random>
@@ -83,14 +87,16 @@ using defer::Shape;
 using defer::TensorAwait;
 using Clock = std::chrono::steady_clock;
 
-enum class Variant { eager, deferred, fused };
+enum class Variant { eager, deferred, fused, replayed };
 constexpr Variant kVariants[] = {Variant::eager, Variant::deferred, Variant::fused};
+constexpr Variant kVariantsWithReplay[] = {Variant::eager, Variant::deferred, Variant::fused, Variant::replayed};
 
 const char* variant_name(Variant v) {
   switch (v) {
     case Variant::eager: return "eager";
     case Variant::deferred: return "deferred";
     case Variant::fused: return "fused";
+    case Variant::replayed: return "replayed";
   }
   return "?";
 }
@@ -113,6 +119,7 @@ struct Measured {
   double seconds_per_step = 0;
   double bytes_per_second = 0;  // 0: not reported
   double launches_per_step = 0;
+  double graphs_per_step = 0;
 };
 
 std::map<std::string, Measured>& measured() {
@@ -147,16 +154,22 @@ const TensorAwait& input(const Shape& shape, unsigned seed, float scale = 1.f) {
   return inputs().emplace(std::move(key), TensorAwait(std::move(t))).first->second;
 }
 
-// Sets the process-wide fusion switch for one case and restores it afterwards.
-class FusionSwitch {
+// Sets the process-wide fusion and graph-replay switches for one case and restores them afterwards.
+class Switches {
  public:
-  explicit FusionSwitch(bool on) : previous_(defer::fusion_enabled()) { defer::set_fusion_enabled(on); }
-  ~FusionSwitch() { defer::set_fusion_enabled(previous_); }
-  FusionSwitch(const FusionSwitch&) = delete;
-  FusionSwitch& operator=(const FusionSwitch&) = delete;
+  Switches(bool fusion, bool graphs) : fusion_(defer::fusion_enabled()), graphs_(defer::graphs_enabled()) {
+    defer::set_fusion_enabled(fusion);
+    defer::set_graphs_enabled(graphs);
+  }
+  ~Switches() {
+    defer::set_fusion_enabled(fusion_);
+    defer::set_graphs_enabled(graphs_);
+  }
+  Switches(const Switches&) = delete;
+  Switches& operator=(const Switches&) = delete;
 
  private:
-  bool previous_;
+  bool fusion_, graphs_;
 };
 
 // One case: `build` returns the Await to complete; each step builds, waits and synchronizes.
@@ -166,9 +179,9 @@ void run_case(benchmark::State& state, const std::string& key, Variant v, const 
   const defer::Device dev = defer::default_device();
   const defer::Stream stream = defer::current_stream(dev);
   stream.synchronize();
-  const FusionSwitch fusion(v == Variant::fused);
+  const Switches switches(v == Variant::fused || v == Variant::replayed, v == Variant::replayed);
   const defer::ModeGuard mode(v == Variant::eager ? Mode::eager : Mode::deferred);
-  {  // Untimed: creates the inputs, warms the allocator's cache and (fused) the program cache.
+  for (int i = 0; i < 2; ++i) {  // Untimed: the inputs, the allocator's cache, the program and plan caches
     TensorAwait warm = build();
     benchmark::DoNotOptimize(defer::wait(warm).data_ptr());
     stream.synchronize();
@@ -187,15 +200,19 @@ void run_case(benchmark::State& state, const std::string& key, Variant v, const 
   state.counters["launches/step"] = benchmark::Counter(launches);
   state.counters["fused/step"] =
       benchmark::Counter(static_cast<double>(after.fused_kernels - before.fused_kernels) / steps);
+  const double graphs = static_cast<double>(after.graph_launches - before.graph_launches) / steps;
+  state.counters["graphs/step"] = benchmark::Counter(graphs);
   if (bytes > 0) state.SetBytesProcessed(state.iterations() * bytes);
   if (flops > 0)
     state.counters["FLOP/s"] = benchmark::Counter(static_cast<double>(flops), benchmark::Counter::kIsIterationInvariantRate);
-  measured()[key] = Measured{seconds / steps, bytes > 0 ? static_cast<double>(bytes) * steps / seconds : 0.0, launches};
+  measured()[key] = Measured{seconds / steps, bytes > 0 ? static_cast<double>(bytes) * steps / seconds : 0.0, launches,
+                             graphs};
 }
 
-template <class Build>
-void register_triple(const std::string& base, const Build& build, std::int64_t bytes, std::int64_t flops = 0) {
-  for (Variant v : kVariants) {
+template <class Build, std::size_t N>
+void register_variants(const std::string& base, const Variant (&variants)[N], const Build& build, std::int64_t bytes,
+                       std::int64_t flops = 0) {
+  for (Variant v : variants) {
     const std::string key = base + "/" + variant_name(v);
     benchmark::RegisterBenchmark(key.c_str(),
                                  [key, v, build, bytes, flops](benchmark::State& st) {
@@ -315,8 +332,8 @@ void register_chains(int exponent) {
       for (int i = 0; i < length; ++i) reads_y = reads_y || f.pattern[static_cast<std::size_t>(i % 8)] == Step::add_y;
       const std::int64_t bytes = ((reads_y ? 2 : 1) + 1) * n * kF32;  // x (and y) read once, output written once
       const Pattern pattern = f.pattern;
-      register_triple(
-          chain_base(f.name, length, exponent),
+      register_variants(
+          chain_base(f.name, length, exponent), kVariants,
           [shape, length, pattern] {
             const TensorAwait& x = input(shape, 1);
             const TensorAwait& y = input(shape, 2);
@@ -331,22 +348,28 @@ void register_chains(int exponent) {
 }
 
 // ---- the MLP step.
-constexpr std::int64_t kBatch = 64, kModel = 256, kHidden = 1024;
+struct MlpSize {
+  const char* name;
+  std::int64_t batch, model;  // hidden = 4 * model
+};
+constexpr MlpSize kMlpSizes[] = {{"small", 8, 64}, {"medium", 64, 256}};
 
-void register_mlp() {
-  const std::int64_t flops = 2 * kBatch * kModel * kHidden * 2;  // two matmuls
-  register_triple(
-      "BM_mlp",
-      [] {
-        const TensorAwait& x = input({kBatch, kModel}, 11);
-        const TensorAwait& w1 = input({kModel, kHidden}, 12, 0.0625f);  // ~1/sqrt(256)
-        const TensorAwait& b1 = input({kHidden}, 13, 0.1f);
-        const TensorAwait& w2 = input({kHidden, kModel}, 14, 0.03125f);  // ~1/sqrt(1024)
-        const TensorAwait& b2 = input({kModel}, 15, 0.1f);
-        const TensorAwait& gamma = input({kModel}, 16);
-        const TensorAwait& beta = input({kModel}, 17, 0.1f);
-        TensorAwait h = defer::gelu(defer::matmul(x, w1) + b1);
-        TensorAwait o = defer::matmul(h, w2) + b2;
+void register_mlp(const MlpSize& size) {
+  const std::int64_t b = size.batch, d = size.model, h = 4 * size.model;
+  const std::int64_t flops = 2 * b * d * h * 2;  // two matmuls
+  const float s1 = 1.f / std::sqrt(static_cast<float>(d)), s2 = 1.f / std::sqrt(static_cast<float>(h));
+  register_variants(
+      std::string("BM_mlp/") + size.name, kVariantsWithReplay,
+      [b, d, h, s1, s2] {
+        const TensorAwait& x = input({b, d}, 11);
+        const TensorAwait& w1 = input({d, h}, 12, s1);
+        const TensorAwait& b1 = input({h}, 13, 0.1f);
+        const TensorAwait& w2 = input({h, d}, 14, s2);
+        const TensorAwait& b2 = input({d}, 15, 0.1f);
+        const TensorAwait& gamma = input({d}, 16);
+        const TensorAwait& beta = input({d}, 17, 0.1f);
+        TensorAwait hidden = defer::gelu(defer::matmul(x, w1) + b1);
+        TensorAwait o = defer::matmul(hidden, w2) + b2;
         return defer::layer_norm(o, gamma, beta);
       },
       0, flops);
@@ -357,7 +380,7 @@ void register_all() {
     register_memcpy(e);
     register_chains(e);
   }
-  register_mlp();
+  for (const MlpSize& size : kMlpSizes) register_mlp(size);
 }
 
 // ---- the summary.
@@ -427,14 +450,19 @@ void print_summary() {
                 std::strcmp(f.name, "mix") == 0 ? "  <- the chain the goal names" : "");
   }
 
-  const Measured* me = find("BM_mlp/eager");
-  const Measured* md = find("BM_mlp/deferred");
-  const Measured* mf = find("BM_mlp/fused");
-  if (me != nullptr && md != nullptr && mf != nullptr) {
-    std::printf("MLP step: eager %s (%.0f launches), deferred %s (%.0f), fused %s (%.0f); eager/fused = %.2f\n",
-                fmt_time(me->seconds_per_step).c_str(), me->launches_per_step, fmt_time(md->seconds_per_step).c_str(),
-                md->launches_per_step, fmt_time(mf->seconds_per_step).c_str(), mf->launches_per_step,
-                me->seconds_per_step / mf->seconds_per_step);
+  for (const MlpSize& size : kMlpSizes) {
+    const std::string base = std::string("BM_mlp/") + size.name;
+    const Measured* me = find(base + "/eager");
+    const Measured* md = find(base + "/deferred");
+    const Measured* mf = find(base + "/fused");
+    const Measured* mr = find(base + "/replayed");
+    if (me == nullptr || md == nullptr || mf == nullptr || mr == nullptr) continue;
+    std::printf("MLP step %-6s: eager %s (%.0f launches), deferred %s (%.0f), fused %s (%.0f), replayed %s (%.0f launches, "
+                "%.0f graph); eager/fused = %.2f, eager/replayed = %.2f\n",
+                size.name, fmt_time(me->seconds_per_step).c_str(), me->launches_per_step,
+                fmt_time(md->seconds_per_step).c_str(), md->launches_per_step, fmt_time(mf->seconds_per_step).c_str(),
+                mf->launches_per_step, fmt_time(mr->seconds_per_step).c_str(), mr->launches_per_step, mr->graphs_per_step,
+                me->seconds_per_step / mf->seconds_per_step, me->seconds_per_step / mr->seconds_per_step);
   }
 }
 
