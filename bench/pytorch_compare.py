@@ -227,10 +227,13 @@ def count_launches(step, device):
     if device.type != "cuda":
         return None, None
     try:
+        import warnings
         from torch.profiler import ProfilerActivity, profile
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            step()
-            torch.cuda.synchronize(device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the profiler's notes about its own cycles
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                step()
+                torch.cuda.synchronize(device)
         kernels = graphs = 0
         for e in prof.events():
             if "GraphLaunch" in e.name:
@@ -353,12 +356,14 @@ def fmt_count(v):
 
 
 def fmt_throughput(r):
+    def rate(v, unit):
+        g = v * 1e-9
+        return "%.*f %s" % (2 if g < 10 else 1 if g < 1000 else 0, g, unit)
+
     if r["bytes_per_second"] > 0:
-        v = r["bytes_per_second"]
-        return "%.*f GB/s" % (2 if v < 1e10 else 1, v * 1e-9)
+        return rate(r["bytes_per_second"], "GB/s")
     if r["flops_per_second"] > 0:
-        v = r["flops_per_second"]
-        return "%.*f GFLOP/s" % (2 if v < 1e10 else 1, v * 1e-9)
+        return rate(r["flops_per_second"], "GFLOP/s")
     return ""
 
 
@@ -452,6 +457,8 @@ def main(argv):
         if not torch.cuda.is_available():
             print("pytorch_compare: error: %s is not available" % args.device, file=sys.stderr)
             return 1
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
         # Full fp32 matmuls, as defer's: no TF32.
         torch.backends.cuda.matmul.allow_tf32 = False

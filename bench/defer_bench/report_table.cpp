@@ -40,10 +40,15 @@ std::string format_count(double v) {
   return std::abs(v - std::round(v)) < 0.05 ? format_fixed(std::round(v), 0) : format_fixed(v, 1);
 }
 
+// Three significant digits or so: 0.61, 12.3, 759.6, 1459.
+std::string rate(double per_second, const char* unit) {
+  const double g = per_second * 1e-9;
+  return format_fixed(g, g < 10 ? 2 : g < 1000 ? 1 : 0) + " " + unit;
+}
+
 std::string throughput(const CaseResult& r) {
-  if (r.bytes_per_second > 0) return format_fixed(r.bytes_per_second * 1e-9, r.bytes_per_second < 1e10 ? 2 : 1) + " GB/s";
-  if (r.flops_per_second > 0)
-    return format_fixed(r.flops_per_second * 1e-9, r.flops_per_second < 1e10 ? 2 : 1) + " GFLOP/s";
+  if (r.bytes_per_second > 0) return rate(r.bytes_per_second, "GB/s");
+  if (r.flops_per_second > 0) return rate(r.flops_per_second, "GFLOP/s");
   return "";
 }
 
