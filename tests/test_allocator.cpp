@@ -258,3 +258,41 @@ TEST_F(Allocator, ConcurrentAllocationFromManyThreads) {
   }
   for (auto& t : threads) t.join();
 }
+
+TEST_F(Allocator, PoisonedBlocksAreNeverReusedEarlyByOpsWaitedOnOtherStreams) {
+  // The same stress through the op layer: results produced on one stream, waited on several others
+  // (wait(aw, s) records the use), read there late, and dropped at once. The producer keeps
+  // allocating and poisoning; memory reused before a reader finished would show up as poison.
+  Stream producer = Stream::create(cpu);
+  std::vector<Stream> readers{Stream::create(cpu), Stream::create(cpu), Stream::create(cpu)};
+  std::atomic<int> corrupt{0}, checked{0};
+  const Tensor x = from_vector(std::vector<float>(1024, 1.f), {1024}, cpu);
+  for (int round = 0; round < 100; ++round) {
+    const float value = static_cast<float>(round + 2);
+    {
+      TensorAwait y;
+      {
+        StreamGuard on(producer);
+        y = TensorAwait(x) * value;
+        wait(y);  // produced on `producer`
+      }
+      const Stream& r = readers[static_cast<std::size_t>(round) % readers.size()];
+      const float* p = static_cast<const float*>(wait(y, r).data_ptr());
+      enqueue(r, [p, value, &corrupt, &checked] {
+        std::this_thread::sleep_for(std::chrono::microseconds(300));
+        for (int i = 0; i < 1024; ++i)
+          if (p[i] != value) {
+            ++corrupt;
+            break;
+          }
+        ++checked;
+      });
+    }  // y dropped while the reader is still pending
+    StreamGuard on(producer);
+    Tensor poison = full({1024}, -777.f, DType::f32, cpu);
+  }
+  for (auto& r : readers) r.synchronize();
+  producer.synchronize();
+  EXPECT_EQ(checked.load(), 100);
+  EXPECT_EQ(corrupt.load(), 0) << "a block was reused while a stream that used it was pending";
+}
