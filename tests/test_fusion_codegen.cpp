@@ -30,6 +30,7 @@
 
 #include <defer/defer.hpp>
 
+#include "cpu/fused.hpp"
 #include "cpu/ops.hpp"
 #include "cuda/ops.hpp"
 #include "fusion/fused_program.hpp"
@@ -56,6 +57,7 @@ using defer::kernels::FusedKind;
 using defer::kernels::FusedLayout;
 using defer::kernels::FusedProgram;
 using defer::kernels::kMaxDims;
+using defer::kernels::ReduceOp;
 using defer::kernels::UnaryOp;
 using i64 = std::int64_t;
 using Strides = std::array<i64, kMaxDims>;
@@ -397,6 +399,151 @@ TEST(FusionArgs, PackedBytesMatchTheGeneratedStruct) {
   EXPECT_FALSE(pack_cuda_args(p, make_layout({6, 10}, 3, {{1, {0, -1}}}), in, out, scalars, buf).index32);
   EXPECT_FALSE(pack_cuda_args(p, make_layout({3, 10}, 3, {{1, {i64{1} << 30, 1}}}), in, out, scalars, buf).index32);
   EXPECT_TRUE(pack_cuda_args(p, make_layout({2, 10}, 3, {{1, {i64{1} << 30, 1}}}), in, out, scalars, buf).index32);
+}
+
+// ---- fused reductions ----------------------------------------------------------------------------
+
+// `layout` with the reduce split of dim `dim` of `dims` (the layout's shape may be collapsed).
+FusedLayout with_reduce(FusedLayout l, const std::vector<i64>& dims, int dim) {
+  l.reduce = {1, dims[static_cast<std::size_t>(dim)], 1};
+  for (int d = 0; d < dim; ++d) l.reduce.outer *= dims[static_cast<std::size_t>(d)];
+  for (std::size_t d = static_cast<std::size_t>(dim) + 1; d < dims.size(); ++d) l.reduce.inner *= dims[d];
+  return l;
+}
+
+FusedProgram reducing(FusedProgram p, ReduceOp op) {
+  p.reduction = defer::kernels::FusedReduction{op, p.outputs.front()};
+  p.outputs = {p.outputs.front()};
+  return p;
+}
+
+const ReduceOp kReduceOps[] = {ReduceOp::sum, ReduceOp::mean, ReduceOp::max};
+
+// v = silu(x * y + bias) * s0, reduced: the typical fused prologue (bias broadcast over rows).
+FusedProgram reduce_chain(ReduceOp op) {
+  Builder b(3, 1);
+  const std::uint16_t x = b.load(0), y = b.load(1), bias = b.load(2);
+  const std::uint16_t v = b.scalar(BinaryOp::mul, b.unary(UnaryOp::silu, b.binary(BinaryOp::add, b.binary(BinaryOp::mul, x, y), bias)), 0);
+  return reducing(b.output(v).program(), op);
+}
+
+TEST(FusionCodegen, ReductionsCompileForSm90) {
+  for (const ReduceOp op : kReduceOps) {
+    SCOPED_TRACE(defer::kernels::name(op));
+    const FusedProgram p = reduce_chain(op);
+    // rows, contiguous (inner == 1): flat inputs, a uniform one: float4 loads
+    const FusedLayout rows = with_reduce(make_layout({64, 256}, 3, {{2, {0, 0}}}), {64, 256}, 1);
+    compile_checked(p, rows, 90);
+    const std::string rows_source = generate_cuda_source(p, rows, "k");
+    EXPECT_TRUE(contains(rows_source, "defer_rows<long long>(a, u)"));
+    EXPECT_TRUE(contains(rows_source, "reinterpret_cast<const float4*>"));
+    EXPECT_FALSE(contains(rows_source, "defer_columns"));
+    EXPECT_TRUE(contains(rows_source, op == ReduceOp::max ? "typedef float Acc" : "typedef double Acc"));
+    // rows with a broadcast bias (strided input): offsets from the flat index, 32- or 64-bit
+    const FusedLayout bias_rows = with_reduce(make_layout({64, 256}, 3, {{2, {0, 1}}}), {64, 256}, 1);
+    compile_checked(p, bias_rows, 90);
+    EXPECT_TRUE(contains(generate_cuda_source(p, bias_rows, "k"), "defer_rows<unsigned int>(a, u)"));
+    // reduced over the first or a middle dim: column tiles and strided rows, both in one source
+    const FusedLayout columns = with_reduce(make_layout({300, 64}, 3, {{2, {0, 1}}}), {300, 64}, 0);
+    compile_checked(p, columns, 90);
+    const std::string columns_source = generate_cuda_source(p, columns, "k");
+    EXPECT_TRUE(contains(columns_source, "defer_columns<unsigned int>(a, u)"));
+    EXPECT_TRUE(contains(columns_source, "defer_rows<long long>(a, u)"));
+    EXPECT_FALSE(contains(columns_source, "reinterpret_cast<const float4*>"));
+    const FusedLayout middle = with_reduce(make_layout({4, 30, 5}, 3, {{1, {150, 1, 30}}}), {4, 30, 5}, 1);
+    compile_checked(p, middle, 90);
+  }
+  // the reduced value is a plain load, and a 40-instruction chain
+  Builder b(1);
+  const FusedProgram load_only = reducing(b.output(b.load(0)).program(), ReduceOp::sum);
+  compile_checked(load_only, with_reduce(make_layout({1000}, 1), {1000}, 0), 90);
+  compile_checked(reducing(long_chain(40), ReduceOp::mean), with_reduce(make_layout({64, 64}, 2, {{1, {1, 64}}}), {64, 64}, 0), 90);
+}
+
+TEST(FusionKey, ReductionsKeyOpValueAndRowShapeButNotSizes) {
+  const FusedProgram sum = reduce_chain(ReduceOp::sum);
+  auto key = [](const FusedProgram& p, const std::vector<i64>& dims, int dim) {
+    return cuda_kernel_key(p, with_reduce(make_layout(dims, 3, {{2, {0, 0}}}), dims, dim));
+  };
+  const std::string rows = key(sum, {8, 100}, 1), columns = key(sum, {100, 8}, 0);
+  EXPECT_EQ(rows, key(sum, {3000, 7}, 1));
+  EXPECT_EQ(rows, key(sum, {1, 5}, 1));
+  EXPECT_EQ(columns, key(sum, {7, 3000}, 0));
+  EXPECT_EQ(columns, key(sum, {5, 2}, 0));
+  EXPECT_EQ(generate_cuda_source(sum, with_reduce(make_layout({8, 100}, 3, {{2, {0, 0}}}), {8, 100}, 1), "k"),
+            generate_cuda_source(sum, with_reduce(make_layout({3000, 7}, 3, {{2, {0, 0}}}), {3000, 7}, 1), "k"));
+  std::vector<std::string> keys = {rows, columns, key(reduce_chain(ReduceOp::mean), {8, 100}, 1),
+                                   key(reduce_chain(ReduceOp::max), {8, 100}, 1)};
+  FusedProgram element_wise = sum;
+  element_wise.reduction.reset();
+  keys.push_back(cuda_kernel_key(element_wise, make_layout({8, 100}, 3, {{2, {0, 0}}})));
+  FusedProgram other_value = sum;
+  other_value.reduction->value = 4;
+  other_value.outputs = {4};
+  keys.push_back(key(other_value, {8, 100}, 1));
+  std::sort(keys.begin(), keys.end());
+  EXPECT_EQ(std::unique(keys.begin(), keys.end()), keys.end());
+}
+
+TEST(FusionArgs, ReductionPacksItsSplitAndStrategy) {
+  const FusedProgram p = reduce_chain(ReduceOp::mean);
+  // Args = in[3], out[1], n, flags, outer, len, inner, s[1] (no strided input)
+  auto layout = [](const std::vector<i64>& dims, int dim) {
+    return with_reduce(make_layout(dims, 3, {{2, {0, 0}}}), dims, dim);
+  };
+  const FusedLayout rows = layout({50, 256}, 1);
+  EXPECT_EQ(cuda_args_size(p, rows), 8u * (3 + 1 + 2 + 3) + 8);
+  EXPECT_TRUE(contains(generate_cuda_source(p, rows, "k"), "static_assert(sizeof(Args) == " + std::to_string(8 * 9 + 8)));
+  alignas(16) std::array<std::byte, defer::detail::kCudaFusedMaxArgBytes> buf{};
+  alignas(16) float storage[64];
+  const float* in[3] = {storage, storage + 4, storage + 9};
+  float* out[1] = {storage + 17};  // a reduction's output need not be aligned for float4 loads
+  const float scalar = 2.f;
+  auto info = pack_cuda_args(p, rows, in, out, &scalar, buf);
+  EXPECT_TRUE(info.vec4);
+  EXPECT_EQ(word(buf, 4), 50 * 256);  // n, the domain
+  EXPECT_EQ(word(buf, 5), 1);         // flags: float4 rows, a warp per row
+  EXPECT_EQ(word(buf, 6), 50);        // outer, len, inner
+  EXPECT_EQ(word(buf, 7), 256);
+  EXPECT_EQ(word(buf, 8), 1);
+  EXPECT_EQ(info.work_items, 50);
+  EXPECT_EQ(info.blocks, 7);  // eight warps, eight rows per block
+  // rows of a length that is no multiple of 4, or a misaligned input: no float4
+  EXPECT_FALSE(pack_cuda_args(p, layout({50, 255}, 1), in, out, &scalar, buf).vec4);
+  const float* misaligned[3] = {storage + 1, storage + 4, storage + 9};
+  EXPECT_FALSE(pack_cuda_args(p, rows, misaligned, out, &scalar, buf).vec4);
+  // long rows: a block per row
+  info = pack_cuda_args(p, layout({3, 5000}, 1), in, out, &scalar, buf);
+  EXPECT_EQ(word(buf, 5), 1 | 4);
+  EXPECT_EQ(info.blocks, 3);
+  // wide inner: column tiles, never float4
+  info = pack_cuda_args(p, layout({300, 64}, 0), in, out, &scalar, buf);
+  EXPECT_EQ(word(buf, 5), 8);
+  EXPECT_EQ(info.blocks, 2);
+  EXPECT_EQ(word(buf, 6), 1);
+  EXPECT_EQ(word(buf, 7), 300);
+  EXPECT_EQ(word(buf, 8), 64);
+  // narrow inner: strided rows (a warp each)
+  info = pack_cuda_args(p, layout({7, 300, 5}, 1), in, out, &scalar, buf);
+  EXPECT_EQ(word(buf, 5), 0);
+  EXPECT_EQ(info.blocks, 5);  // 35 outputs, 8 per block
+}
+
+TEST(FusionCaps, MalformedReductionsAreRejected) {
+  const FusedLayout l = with_reduce(make_layout({8, 100}, 3), {8, 100}, 1);
+  FusedProgram p = reduce_chain(ReduceOp::sum);
+  EXPECT_NO_THROW(cuda_kernel_key(p, l));
+  FusedProgram bad = p;
+  bad.outputs = {0};
+  EXPECT_THROW(cuda_kernel_key(bad, l), std::invalid_argument);
+  bad.outputs = {p.outputs[0], p.outputs[0]};
+  EXPECT_THROW(cuda_kernel_key(bad, l), std::invalid_argument);
+  bad = p;
+  bad.reduction->op = static_cast<ReduceOp>(7);
+  EXPECT_THROW(generate_cuda_source(bad, l, "k"), std::invalid_argument);
+  FusedLayout split = l;
+  split.reduce.n = 99;
+  EXPECT_THROW(cuda_kernel_key(p, split), std::invalid_argument);
 }
 
 // ---- caps and malformed programs ---------------------------------------------------------------
@@ -904,6 +1051,106 @@ TEST(FusedLaunchGpu, BitIdenticalToTheUnfusedKernels) {
     const auto u = static_cast<std::size_t>(i);
     if (std::isnan(r[u])) ASSERT_TRUE(std::isnan(a[u])) << i;
     else ASSERT_EQ(a[u], r[u]) << i;
+  }
+}
+
+// A fused reduction on the GPU against the CPU's fused reduction (both accumulate sums in double),
+// every input `shift` floats past an aligned address (shift != 0 takes the scalar loads), the
+// output poisoned with NaN so that an unwritten element fails.
+void expect_reduce_matches_cpu(const FusedProgram& p, const FusedLayout& l, std::size_t shift, std::uint32_t seed) {
+  const i64 outputs = l.reduce.outer * l.reduce.inner;
+  std::vector<std::vector<float>> host_in;
+  std::vector<std::unique_ptr<DeviceBuffer>> dev_in;
+  std::vector<const float*> in_ptrs, host_ptrs;
+  for (int i = 0; i < p.num_inputs; ++i) {
+    i64 extent = 1;
+    for (int d = 0; d < l.ndim; ++d) {
+      const auto u = static_cast<std::size_t>(d);
+      extent += (l.shape[u] - 1) * l.strides[static_cast<std::size_t>(i)][u];
+    }
+    host_in.push_back(random_values(static_cast<std::size_t>(std::max<i64>(extent, 1)), seed + static_cast<std::uint32_t>(i)));
+    dev_in.push_back(std::make_unique<DeviceBuffer>(host_in.back().size()));
+    ASSERT_NE(dev_in.back()->ptr, nullptr);
+    CHECK_CUDA(cudaMemcpy(dev_in.back()->ptr + shift, host_in.back().data(), host_in.back().size() * sizeof(float),
+                          cudaMemcpyHostToDevice));
+    in_ptrs.push_back(dev_in.back()->ptr + shift);
+    host_ptrs.push_back(host_in.back().data());
+  }
+  DeviceBuffer dev_out(static_cast<std::size_t>(outputs));
+  ASSERT_NE(dev_out.ptr, nullptr);
+  CHECK_CUDA(cudaMemset(dev_out.ptr, 0xff, (static_cast<std::size_t>(outputs) + 4) * sizeof(float)));  // NaN
+  std::vector<float> scalars;
+  for (int s = 0; s < p.num_scalars; ++s) scalars.push_back(0.25f + 0.5f * static_cast<float>(s));
+  float* out_ptr = dev_out.ptr;
+  defer::detail::launch_fused_cuda(p, l, in_ptrs.data(), &out_ptr, scalars.data(), nullptr, 0);
+  CHECK_CUDA(cudaDeviceSynchronize());
+  std::vector<float> got(static_cast<std::size_t>(outputs) + 4), want(static_cast<std::size_t>(outputs));
+  CHECK_CUDA(cudaMemcpy(got.data(), dev_out.ptr, got.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  float* want_ptr = want.data();
+  defer::kernels::cpu::run_fused(p, l, host_ptrs.data(), &want_ptr, scalars.data());
+  for (std::size_t r = 0; r < want.size(); ++r) {
+    if (std::isnan(want[r])) {
+      ASSERT_TRUE(std::isnan(got[r])) << "output " << r;
+    } else {
+      ASSERT_NEAR(got[r], want[r], 1e-5 * (std::fabs(want[r]) + 1.0)) << "output " << r << " of " << outputs;
+    }
+  }
+  for (std::size_t r = want.size(); r < got.size(); ++r) ASSERT_TRUE(std::isnan(got[r])) << "written past the end: " << r;
+}
+
+TEST(FusedLaunchGpu, ReductionsMatchTheCpuPath) {
+  if (!defer::cuda_available()) GTEST_SKIP() << "no CUDA device";
+  struct Domain {
+    std::vector<i64> dims;
+    int dim;
+    const char* what;
+  };
+  const Domain domains[] = {{{300, 256}, 1, "warp rows, float4"},      {{300, 255}, 1, "warp rows, scalar tail"},
+                            {{5, 70001}, 1, "block rows"},             {{1, 1 << 20}, 1, "one long row"},
+                            {{3000, 64}, 0, "column tiles"},           {{40, 37, 100}, 1, "column tiles, ragged"},
+                            {{50, 3000, 5}, 1, "strided rows"},        {{2, 9000, 40}, 1, "few tiles, long: rows"},
+                            {{7}, 0, "tiny"}};
+  std::uint32_t seed = 20;
+  for (const ReduceOp op : kReduceOps)
+    for (const Domain& d : domains)
+      for (const std::size_t shift : {0u, 1u}) {
+        SCOPED_TRACE(std::string(defer::kernels::name(op)) + ", " + d.what + ", shift " + std::to_string(shift));
+        // in0 contiguous, in1 contiguous, in2 a bias broadcast over the reduced dim's neighbours
+        const FusedLayout base = make_layout(d.dims, 3);
+        FusedLayout l = with_reduce(base, d.dims, d.dim);
+        Strides bias{};
+        bias[d.dims.size() - 1] = 1;
+        l.strides[2] = bias;
+        expect_reduce_matches_cpu(reduce_chain(op), l, shift, ++seed);
+        Builder b(1);
+        expect_reduce_matches_cpu(reducing(b.output(b.load(0)).program(), op), with_reduce(make_layout(d.dims, 1), d.dims, d.dim),
+                                  shift, ++seed);
+        if (::testing::Test::HasFatalFailure()) return;
+      }
+}
+
+TEST(FusedLaunchGpu, ReductionNaNsAndEmptyRows) {
+  if (!defer::cuda_available()) GTEST_SKIP() << "no CUDA device";
+  // log of the negative elements: NaN in (nearly) every row, for every op and strategy
+  Builder b(1);
+  const FusedProgram logs = b.output(b.unary(UnaryOp::log, b.load(0))).program();
+  for (const ReduceOp op : kReduceOps) {
+    expect_reduce_matches_cpu(reducing(logs, op), with_reduce(make_layout({64, 100}, 1), {64, 100}, 1), 0, 1);
+    expect_reduce_matches_cpu(reducing(logs, op), with_reduce(make_layout({100, 64}, 1), {100, 64}, 0), 0, 2);
+    // n == 0: the empty reduction is written (0, or NaN for mean and max), input pointers unread
+    const FusedLayout empty = with_reduce(make_layout({3, 0, 40}, 1, {{0, {0, 0, 0}}}), {3, 0, 40}, 1);
+    DeviceBuffer out(120);
+    CHECK_CUDA(cudaMemset(out.ptr, 0x7f, 124 * sizeof(float)));
+    const float* in[1] = {nullptr};
+    float* outs[1] = {out.ptr};
+    defer::detail::launch_fused_cuda(reducing(logs, op), empty, in, outs, nullptr, nullptr, 0);
+    CHECK_CUDA(cudaDeviceSynchronize());
+    std::vector<float> got(120);
+    CHECK_CUDA(cudaMemcpy(got.data(), out.ptr, 480, cudaMemcpyDeviceToHost));
+    for (float g : got) {
+      if (op == ReduceOp::sum) ASSERT_EQ(g, 0.f);
+      else ASSERT_TRUE(std::isnan(g)) << g;
+    }
   }
 }
 

@@ -20,6 +20,7 @@ using kernels::UnaryOp;
 
 constexpr int kUnaryOpCount = static_cast<int>(UnaryOp::gelu_tanh) + 1;
 constexpr int kBinaryOpCount = static_cast<int>(BinaryOp::minimum) + 1;
+constexpr int kReduceOpCount = static_cast<int>(kernels::ReduceOp::max) + 1;
 
 static_assert(sizeof(void*) == 8, "the kernel argument layout assumes 64-bit pointers");
 
@@ -38,8 +39,9 @@ struct ArgsShape {
   int scalars = 0;
   int ndim = 0;     // dims of shape/stride words; 0 when no input is strided
   int strided = 0;  // inputs read through strides
+  bool reduce = false;  // three more words: the reduce split (outer, len, inner)
   std::size_t words() const {
-    return static_cast<std::size_t>(inputs + outputs + 2 + (strided > 0 ? ndim * (1 + strided) : 0));
+    return static_cast<std::size_t>(inputs + outputs + 2 + (reduce ? 3 : 0) + (strided > 0 ? ndim * (1 + strided) : 0));
   }
   std::size_t bytes() const {
     const std::size_t raw = 8 * words() + 4 * static_cast<std::size_t>(scalars);
@@ -55,6 +57,7 @@ ArgsShape args_shape(const FusedProgram& program, const FusedLayout& layout) {
   for (int i = 0; i < s.inputs; ++i)
     if (cuda_input_access(layout, i) == CudaInputAccess::strided) ++s.strided;
   s.ndim = s.strided > 0 ? layout.ndim : 0;
+  s.reduce = program.reduction.has_value();
   return s;
 }
 
@@ -176,6 +179,14 @@ class SourceWriter {
     out_ += kHelpers;
     out_ += "\n";
     body();
+    if (program_.reduction) {
+      reduction_helpers();
+      value_function();
+      rows_function();
+      if (!contiguous_rows()) columns_function();
+      reduce_kernel();
+      return std::move(out_);
+    }
     if (shape_.strided > 0) strided_loop();
     kernel();
     return std::move(out_);
@@ -187,7 +198,11 @@ class SourceWriter {
     out_ += '\n';
   }
 
-  std::string value(std::size_t v) const { return "v" + std::to_string(v); }
+  std::string value(std::size_t v) const {
+    std::string s(1, 'v');  // (not "v" + ...: GCC 12 warns falsely of an overlapping memcpy there)
+    s += std::to_string(v);
+    return s;
+  }
 
   void header() {
     line("// defer: fused element-wise kernel generated at run time (src/graph/fusion/cuda_codegen.cpp).");
@@ -211,6 +226,9 @@ class SourceWriter {
     }
     for (std::size_t k = 0; k < program_.outputs.size(); ++k)
       line("//   out" + std::to_string(k) + " = " + value(program_.outputs[k]));
+    if (program_.reduction)
+      line("//   reduced: " + std::string(kernels::name(program_.reduction->op)) + " of " +
+           value(program_.reduction->value) + (contiguous_rows() ? " along contiguous rows (inner == 1)" : " along a strided axis"));
     for (int i = 0; i < program_.num_inputs; ++i) {
       const auto u = static_cast<std::size_t>(i);
       std::string text = "// in" + str(i) + ": " + access_name(inputs_.access[u]);
@@ -225,8 +243,15 @@ class SourceWriter {
     line("struct Args {");
     if (shape_.inputs > 0) line("  const float* in[" + str(shape_.inputs) + "];");
     line("  float* out[" + str(shape_.outputs) + "];");
-    line("  long long n;      // elements of the output");
-    line("  long long flags;  // bit 0: the float4 path runs; bit 1: strided offsets fit in 32 bits");
+    if (shape_.reduce) {
+      line("  long long n;      // elements of the domain");
+      line("  long long flags;  // bit 0: float4 loads; bit 1: strided offsets fit in 32 bits; bit 2: a block (not a");
+      line("                    // warp) per output row; bit 3: column tiles instead of rows");
+      line("  long long outer, len, inner;  // the reduce split: e = (o * len + k) * inner + i");
+    } else {
+      line("  long long n;      // elements of the output");
+      line("  long long flags;  // bit 0: the float4 path runs; bit 1: strided offsets fit in 32 bits");
+    }
     if (shape_.strided > 0) {
       line("  long long shape[" + str(shape_.ndim) + "];");
       line("  long long stride[" + str(shape_.strided) + "][" + str(shape_.ndim) + "];  // of the strided inputs, in order");
@@ -400,6 +425,254 @@ class SourceWriter {
     line("  }");
   }
 
+
+  // ---- reductions ----------------------------------------------------------------------------
+  // The element-wise body runs per domain element inside the reduce loops (defer_value); the value
+  // is folded into a per-thread accumulator, then across the threads that share an output. Two
+  // strategies, chosen per launch by flags: rows (a warp, or the whole block for long rows, owns
+  // output r = o * inner + i and walks k; contiguous when inner == 1, where the source is
+  // specialized and may load float4), and column tiles (inner > 1: 32 neighbouring outputs per
+  // block, lanes on i so every warp load is coalesced, 8 thread rows splitting k and meeting in
+  // shared memory). Accumulation as in kernels/cuda/reduce.cu: double for sum and mean, a NaN-
+  // propagating float max.
+
+  bool contiguous_rows() const { return layout_.reduce.inner == 1; }
+  bool reduce_max() const { return program_.reduction->op == kernels::ReduceOp::max; }
+
+  void reduction_helpers() {
+    if (reduce_max()) {
+      // (NVRTC has no <cmath>: -inf and NaN are spelled as bit patterns.)
+      line("typedef float Acc;");
+      line("__device__ __forceinline__ Acc defer_identity() { return __int_as_float(0xff800000); }  // -inf");
+      line("__device__ __forceinline__ Acc defer_combine(Acc a, Acc b) { return defer_maximum(a, b); }");
+      line("__device__ __forceinline__ float defer_finish(Acc acc, long long n) { return n == 0 ? __int_as_float(0x7fc00000) : acc; }");
+    } else {
+      line("typedef double Acc;");
+      line("__device__ __forceinline__ Acc defer_identity() { return 0.0; }");
+      line("__device__ __forceinline__ Acc defer_combine(Acc a, Acc b) { return a + b; }");
+      if (program_.reduction->op == kernels::ReduceOp::mean)
+        line("__device__ __forceinline__ float defer_finish(Acc acc, long long n) { return n == 0 ? __int_as_float(0x7fc00000) : static_cast<float>(acc / static_cast<double>(n)); }");
+      else
+        line("__device__ __forceinline__ float defer_finish(Acc acc, long long) { return static_cast<float>(acc); }");
+    }
+    line("");
+  }
+
+  // The reduced value at domain element e; strided inputs' offsets in Index arithmetic.
+  void value_function() {
+    line("template <class Index>");
+    line("__device__ __forceinline__ float defer_value(const Args& a, const float* u, long long e) {");
+    if (shape_.strided > 0) {
+      line("  Index rest = static_cast<Index>(e);");
+      for (int j = 0; j < shape_.strided; ++j) line("  Index o" + str(j) + " = 0;");
+      for (int d = shape_.ndim - 1; d >= 0; --d) {
+        const std::string dd = str(d);
+        std::string coord = "rest";
+        if (d > 0) {
+          line("  {");
+          line("    const Index extent = static_cast<Index>(a.shape[" + dd + "]);");
+          line("    const Index quotient = rest / extent;");
+          line("    const Index c = rest - quotient * extent;");
+          line("    rest = quotient;");
+          coord = "c";
+        }
+        const std::string indent = d > 0 ? "    " : "  ";
+        for (int j = 0; j < shape_.strided; ++j)
+          line(indent + "o" + str(j) + " += " + coord + " * static_cast<Index>(a.stride[" + str(j) + "][" + dd + "]);");
+        if (d > 0) line("  }");
+      }
+    }
+    line("  const float x[" + str(std::max(1, shape_.inputs)) + "] = " + reduce_x_init() + ";");
+    line("  float y[1];");
+    line("  defer_body(a, x, y);");
+    line("  return y[0];");
+    line("}");
+    line("");
+  }
+
+  // x for defer_value: flat inputs at e, uniform ones from u, strided ones at their offsets.
+  std::string reduce_x_init() const {
+    std::string s = "{";
+    const int nin = std::max(1, shape_.inputs);
+    for (int i = 0; i < nin; ++i) {
+      if (i > 0) s += ", ";
+      const auto u = static_cast<std::size_t>(i);
+      if (i >= shape_.inputs || !inputs_.used[u]) {
+        s += "0.f";
+        continue;
+      }
+      switch (inputs_.access[u]) {
+        case CudaInputAccess::flat: s += "a.in[" + str(i) + "][e]"; break;
+        case CudaInputAccess::uniform: s += "u[" + str(i) + "]"; break;
+        case CudaInputAccess::strided: s += "a.in[" + str(i) + "][o" + str(inputs_.strided_slot[u]) + "]"; break;
+      }
+    }
+    return s + "}";
+  }
+
+  // Folds elements base + k * step for k = first, first + stride, ... below a.len into acc, four
+  // loads in flight per thread.
+  void fold_loop(const std::string& indent, const std::string& first, const std::string& stride,
+                 const std::string& step) {
+    auto at = [&](const std::string& k) { return "defer_value<Index>(a, u, base + (" + k + ") * " + step + ")"; };
+    line(indent + "long long k = " + first + ";");
+    line(indent + "for (; k + 3 * " + stride + " < a.len; k += 4 * " + stride + ") {");
+    line(indent + "  const float v0 = " + at("k") + ";");
+    line(indent + "  const float v1 = " + at("k + " + stride) + ";");
+    line(indent + "  const float v2 = " + at("k + 2 * " + stride) + ";");
+    line(indent + "  const float v3 = " + at("k + 3 * " + stride) + ";");
+    line(indent + "  acc = defer_combine(defer_combine(acc, v0), v1);");
+    line(indent + "  acc = defer_combine(defer_combine(acc, v2), v3);");
+    line(indent + "}");
+    line(indent + "for (; k < a.len; k += " + stride + ") acc = defer_combine(acc, " + at("k") + ");");
+  }
+
+  // float4 loads of a contiguous row (inner == 1, every input flat or uniform): the host sets
+  // flag bit 0 only when len % 4 == 0 and every flat input is 16-byte aligned, so that a row's
+  // first element starts a float4.
+  bool rows_vec4() const { return contiguous_rows() && inputs_.vec4_capable; }
+
+  void vec4_fold(const std::string& indent) {
+    line(indent + "const long long base4 = base >> 2, len4 = a.len >> 2;");
+    line(indent + "for (long long q = lane; q < len4; q += group) {");
+    for (int i = 0; i < shape_.inputs; ++i) {
+      const auto u = static_cast<std::size_t>(i);
+      if (inputs_.used[u] && inputs_.access[u] == CudaInputAccess::flat)
+        line(indent + "  const float4 p" + str(i) + " = reinterpret_cast<const float4*>(a.in[" + str(i) + "])[base4 + q];");
+    }
+    for (const char lane : {'x', 'y', 'z', 'w'}) {
+      std::string x = "{";
+      const int nin = std::max(1, shape_.inputs);
+      for (int i = 0; i < nin; ++i) {
+        if (i > 0) x += ", ";
+        const auto u = static_cast<std::size_t>(i);
+        if (i >= shape_.inputs || !inputs_.used[u]) x += "0.f";
+        else if (inputs_.access[u] == CudaInputAccess::uniform) x += "u[" + str(i) + "]";
+        else {
+          x += 'p';
+          x += str(i);
+          x += '.';
+          x += lane;
+        }
+      }
+      line(indent + "  {");
+      line(indent + "    const float x[" + str(nin) + "] = " + x + "};");
+      line(indent + "    float y[1];");
+      line(indent + "    defer_body(a, x, y);");
+      line(indent + "    acc = defer_combine(acc, y[0]);");
+      line(indent + "  }");
+    }
+    line(indent + "}");
+  }
+
+  void rows_function() {
+    line("// Rows: `group` threads (a warp, or the block: flag bit 2) own output r and walk its len elements.");
+    line("template <class Index>");
+    line("__device__ __forceinline__ void defer_rows(const Args& a, const float* u) {");
+    line("  __shared__ Acc part[" + str(kCudaFusedThreads / 32) + "];");
+    line("  const int group = (a.flags & 4) ? " + str(kCudaFusedThreads) + " : 32;");
+    line("  const int lane = static_cast<int>(threadIdx.x) & (group - 1);");
+    line("  const long long per_block = " + str(kCudaFusedThreads) + " / group;");
+    line("  const long long outputs = a.outer * a.inner;");
+    line("  for (long long r0 = static_cast<long long>(blockIdx.x) * per_block; r0 < outputs; r0 += static_cast<long long>(gridDim.x) * per_block) {");
+    line("    const long long r = r0 + threadIdx.x / group;");
+    line("    Acc acc = defer_identity();");
+    line("    if (r < outputs) {");
+    if (contiguous_rows()) {
+      line("      const long long base = r * a.len;");
+      if (rows_vec4()) {
+        line("      if (a.flags & 1) {");
+        vec4_fold("        ");
+        line("      } else {");
+        fold_loop("        ", "lane", "group", "1");
+        line("      }");
+      } else {
+        fold_loop("      ", "lane", "group", "1");
+      }
+    } else {
+      line("      const long long o = r / a.inner;");
+      line("      const long long base = o * a.len * a.inner + (r - o * a.inner);");
+      fold_loop("      ", "lane", "group", "a.inner");
+    }
+    line("    }");
+    line("    for (int offset = 16; offset > 0; offset /= 2) acc = defer_combine(acc, __shfl_xor_sync(0xffffffffu, acc, offset));");
+    line("    if (group == " + str(kCudaFusedThreads) + ") {  // the warps of the block meet in shared memory");
+    line("      if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = acc;");
+    line("      __syncthreads();");
+    line("      if (threadIdx.x == 0) {");
+    line("        acc = part[0];");
+    line("        for (int w = 1; w < " + str(kCudaFusedThreads / 32) + "; ++w) acc = defer_combine(acc, part[w]);");
+    line("      }");
+    line("      __syncthreads();  // part is rewritten for the next row");
+    line("    }");
+    line("    if (lane == 0 && r < outputs) a.out[0][r] = defer_finish(acc, a.len);");
+    line("  }");
+    line("}");
+    line("");
+  }
+
+  void columns_function() {
+    line("// Column tiles: 32 neighbouring outputs (o, i..i+31) per block; lanes walk i (coalesced), the");
+    line("// 8 warps split k and meet in shared memory.");
+    line("template <class Index>");
+    line("__device__ __forceinline__ void defer_columns(const Args& a, const float* u) {");
+    line("  __shared__ Acc part[" + str(kCudaFusedThreads / 32) + "][32];");
+    line("  const int tx = static_cast<int>(threadIdx.x) & 31, ty = static_cast<int>(threadIdx.x) >> 5;");
+    line("  const long long col_tiles = (a.inner + 31) >> 5;");
+    line("  const long long tiles = a.outer * col_tiles;");
+    line("  for (long long t = blockIdx.x; t < tiles; t += gridDim.x) {");
+    line("    const long long o = t / col_tiles;");
+    line("    const long long i = (t - o * col_tiles) * 32 + tx;");
+    line("    Acc acc = defer_identity();");
+    line("    if (i < a.inner) {");
+    line("      const long long base = o * a.len * a.inner + i;");
+    fold_loop("      ", "ty", str(kCudaFusedThreads / 32), "a.inner");
+    line("    }");
+    line("    part[ty][tx] = acc;");
+    line("    __syncthreads();");
+    line("    if (ty == 0 && i < a.inner) {");
+    line("      for (int w = 1; w < " + str(kCudaFusedThreads / 32) + "; ++w) acc = defer_combine(acc, part[w][tx]);");
+    line("      a.out[0][o * a.inner + i] = defer_finish(acc, a.len);");
+    line("    }");
+    line("    __syncthreads();  // part is rewritten by the next tile");
+    line("  }");
+    line("}");
+    line("");
+  }
+
+  void reduce_kernel() {
+    line("extern \"C\" __global__ void __launch_bounds__(" + str(kCudaFusedThreads) + ") " + name_ + "(const Args a) {");
+    // Uniform inputs are read once per thread; not at all for an empty domain (n == 0 with outputs
+    // to write), whose input pointers need not point anywhere.
+    std::string u = "{";
+    const int nin = std::max(1, shape_.inputs);
+    for (int i = 0; i < nin; ++i) {
+      if (i > 0) u += ", ";
+      const auto k = static_cast<std::size_t>(i);
+      if (i < shape_.inputs && inputs_.used[k] && inputs_.access[k] == CudaInputAccess::uniform)
+        u += "a.n > 0 ? a.in[" + str(i) + "][0] : 0.f";
+      else
+        u += "0.f";
+    }
+    line("  const float u[" + str(nin) + "] = " + u + "};");
+    auto dispatch = [&](const std::string& fn, const std::string& indent) {
+      if (shape_.strided > 0) {
+        line(indent + "if (a.flags & 2) " + fn + "<unsigned int>(a, u);");
+        line(indent + "else " + fn + "<long long>(a, u);");
+      } else {
+        line(indent + fn + "<long long>(a, u);");
+      }
+    };
+    if (!contiguous_rows()) {
+      line("  if (a.flags & 8) {");
+      dispatch("defer_columns", "    ");
+      line("    return;");
+      line("  }");
+    }
+    dispatch("defer_rows", "  ");
+    line("}");
+  }
+
   const FusedProgram& program_;
   const FusedLayout& layout_;
   const std::string& name_;
@@ -407,6 +680,11 @@ class SourceWriter {
   ArgsShape shape_;
   std::string out_;
 };
+
+// Rows longer than this get a whole block, shorter ones a warp (eight rows per block), as in
+// kernels/cuda/reduce.cu.
+constexpr std::int64_t kWarpRowMax = 1024;
+constexpr std::int64_t kRowsPerWarpBlock = kCudaFusedThreads / 32;
 
 bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0; }
 
@@ -478,6 +756,16 @@ void check_cuda_fusable(const FusedProgram& program, const FusedLayout& layout) 
   if (layout.strides.size() != program.num_inputs)
     reject("layout has strides for " + str(static_cast<std::int64_t>(layout.strides.size())) + " inputs, the program " +
            str(program.num_inputs));
+  if (program.reduction) {
+    const kernels::FusedReduction& r = *program.reduction;
+    if (static_cast<int>(r.op) >= kReduceOpCount) reject("unknown reduce op " + str(static_cast<int>(r.op)));
+    if (program.outputs.size() != 1 || program.outputs[0] != r.value)
+      reject("a reduction's only output must be its reduced value v" + str(r.value));
+    const FusedLayout::ReduceAxis& ax = layout.reduce;
+    if (ax.outer < 0 || ax.n < 0 || ax.inner < 0 || ax.outer * ax.n * ax.inner != layout.numel())
+      reject("reduce split [" + str(ax.outer) + ", " + str(ax.n) + ", " + str(ax.inner) + "] does not split the domain of " +
+             str(layout.numel()) + " elements");
+  }
 }
 
 std::string cuda_kernel_key(const FusedProgram& program, const FusedLayout& layout) {
@@ -503,6 +791,14 @@ std::string cuda_kernel_key(const FusedProgram& program, const FusedLayout& layo
     put_u16(key, ins.b);
   }
   for (const std::uint16_t v : program.outputs) put_u16(key, v);
+  // A reduction: its op, its value and whether its rows are contiguous (the source specializes
+  // inner == 1); nothing for an element-wise program, whose keys are as before.
+  if (program.reduction) {
+    key.push_back('R');
+    key.push_back(static_cast<char>(program.reduction->op));
+    put_u16(key, program.reduction->value);
+    key.push_back(static_cast<char>(layout.reduce.inner == 1 ? 1 : 2));
+  }
   return key;
 }
 
@@ -568,14 +864,40 @@ CudaArgsInfo pack_cuda_args(const FusedProgram& program, const FusedLayout& layo
       }
     }
   }
+  const bool vec4_inputs = vec4;  // a reduction's float4 loads do not touch its output
   for (int k = 0; k < shape.outputs; ++k) {
     float* p = outputs[k];
     put_word(buffer, word++, &p);
     vec4 = vec4 && aligned16(p);
   }
   put_word(buffer, word++, &n);
-  const std::int64_t flags = (vec4 ? 1 : 0) | (index32 && shape.strided > 0 ? 2 : 0);
+  const FusedLayout::ReduceAxis& ax = layout.reduce;
+  std::int64_t strategy = 0;  // flag bits 2 and 3 of a reduction
+  if (shape.reduce) {
+    // float4 rows need inner == 1 (the source has them only then) and rows that start on a float4.
+    vec4 = vec4_inputs && ax.inner == 1 && ax.n % 4 == 0;
+    const std::int64_t rows = ax.outer * ax.inner;
+    const std::int64_t col_tiles = (ax.inner + 31) / 32;
+    // As kernels/cuda/reduce.cu: column tiles when inner is wide enough for coalesced warps and
+    // there are enough tiles to fill the GPU (or rows are short); else a group per output, a warp
+    // for rows of up to kWarpRowMax elements, the block for longer ones.
+    if (ax.inner >= 32 && (ax.outer * col_tiles >= 128 || ax.n < 4096)) {
+      strategy = 8;
+      info.blocks = ax.outer * col_tiles;
+    } else if (ax.n > kWarpRowMax) {
+      strategy = 4;
+      info.blocks = rows;
+    } else {
+      info.blocks = (rows + kRowsPerWarpBlock - 1) / kRowsPerWarpBlock;
+    }
+  }
+  const std::int64_t flags = (vec4 ? 1 : 0) | (index32 && shape.strided > 0 ? 2 : 0) | strategy;
   put_word(buffer, word++, &flags);
+  if (shape.reduce) {
+    put_word(buffer, word++, &ax.outer);
+    put_word(buffer, word++, &ax.n);
+    put_word(buffer, word++, &ax.inner);
+  }
   if (shape.strided > 0) {
     for (int d = 0; d < shape.ndim; ++d) put_word(buffer, word++, &layout.shape[static_cast<std::size_t>(d)]);
     for (int i = 0; i < shape.inputs; ++i) {
@@ -588,7 +910,12 @@ CudaArgsInfo pack_cuda_args(const FusedProgram& program, const FusedLayout& layo
 
   info.vec4 = vec4;
   info.index32 = index32 && shape.strided > 0;
-  info.work_items = vec4 ? (n + 3) / 4 : n;
+  if (shape.reduce) {
+    info.work_items = ax.outer * ax.inner;
+  } else {
+    info.work_items = vec4 ? (n + 3) / 4 : n;
+    info.blocks = (info.work_items + kCudaFusedThreads - 1) / kCudaFusedThreads;
+  }
   return info;
 }
 

@@ -1,6 +1,8 @@
 #pragma once
 // CUDA C++ source for a fused element-wise program (kernels/fusion/fused_program.hpp), compiled at
-// run time by NVRTC. Host code only: nothing here needs a GPU.
+// run time by NVRTC. Host code only: nothing here needs a GPU. A program that ends in a reduction
+// becomes a reduce kernel: the element-wise body runs per domain element inside the reduce loops
+// (rows per warp or block, or coalesced column tiles, picked per launch from the sizes).
 //
 // The generated source depends on the program and on the *structure* of its layout (how each input
 // is read: flat, one broadcast element, or through strides; and ndim when strides are used), never
@@ -30,7 +32,7 @@ inline constexpr int kCudaFusedThreads = 256;
 
 // Bumped whenever the generated source changes for an unchanged key: it is part of the disk cache's
 // file key, so kernels compiled by an older defer are never loaded.
-inline constexpr std::uint32_t kCudaCodegenVersion = 1;
+inline constexpr std::uint32_t kCudaCodegenVersion = 2;
 
 // How the kernel reads one input, from the layout's shape and that input's strides (extent-1
 // dimensions are ignored): flat reads element i of a buffer laid out like the output; uniform reads
@@ -46,7 +48,8 @@ void check_cuda_fusable(const kernels::FusedProgram& program, const kernels::Fus
 
 // The structure the generated source depends on, as a compact byte string: the instructions, the
 // outputs, the input and scalar counts, each input's CudaInputAccess and, when an input is strided,
-// ndim. Checks the program first (check_cuda_fusable). Cheap enough to compute at every launch.
+// ndim; for a reduction its op, its value and whether layout.reduce.inner == 1. Checks the program
+// first (check_cuda_fusable). Cheap enough to compute at every launch.
 std::string cuda_kernel_key(const kernels::FusedProgram& program, const kernels::FusedLayout& layout);
 
 // A kernel name derived from the key ("defer_fused_" and 16 hex digits).
@@ -59,20 +62,30 @@ std::string generate_cuda_source(const kernels::FusedProgram& program, const ker
 
 // The kernel argument's size in bytes for this program and layout; at most kCudaFusedMaxArgBytes.
 std::size_t cuda_args_size(const kernels::FusedProgram& program, const kernels::FusedLayout& layout);
+// (A reduction's three extra words, its split, fit because it has one output, not eight.)
 inline constexpr std::size_t kCudaFusedMaxArgBytes =
     8 * (kCudaFusedMaxInputs + kCudaFusedMaxOutputs + 2 + kernels::kMaxDims * (1 + kCudaFusedMaxInputs)) +
     4 * kCudaFusedMaxScalars;
+static_assert(kCudaFusedMaxOutputs >= 1 + 3);
 
 // What pack_cuda_args decided for this launch, besides the bytes.
 struct CudaArgsInfo {
   std::size_t bytes = 0;
-  bool vec4 = false;     // the float4 path runs (structure allows it and every pointer is 16-byte aligned)
+  bool vec4 = false;     // the float4 path runs (structure allows it and every pointer is 16-byte aligned;
+                         // for a reduction: inner == 1, n % 4 == 0 and every flat input aligned)
   bool index32 = false;  // strided offsets use 32-bit arithmetic (every index and offset fits)
-  std::int64_t work_items = 0;  // what a grid-stride loop should cover: n, or about n / 4 with vec4
+  // What a grid-stride loop should cover: n, or about n / 4 with vec4; for a reduction, the
+  // outer * inner outputs.
+  std::int64_t work_items = 0;
+  // Blocks of kCudaFusedThreads that give every work item its own thread (element-wise), or every
+  // output row or column tile its own warp or block (reduction); the launcher caps it, the kernel's
+  // grid-stride loops cover the rest.
+  std::int64_t blocks = 0;
 };
 
 // Writes the kernel argument's byte image into `buffer` (8-byte aligned, at least cuda_args_size
-// bytes): inputs[num_inputs], outputs[outputs.size()], scalars[num_scalars], and the layout's sizes.
+// bytes): inputs[num_inputs], outputs[outputs.size()], scalars[num_scalars], and the layout's sizes
+// (and, for a reduction, its split and the strategy chosen from the sizes).
 // Does not check the program (the caller computed its key, which did).
 CudaArgsInfo pack_cuda_args(const kernels::FusedProgram& program, const kernels::FusedLayout& layout,
                             const float* const* inputs, float* const* outputs, const float* scalars,

@@ -18,6 +18,10 @@ namespace {
 // Resident 256-thread blocks per multiprocessor at full occupancy: a grid of one such wave keeps
 // every multiprocessor busy, and the grid-stride loops cover the rest of the elements.
 constexpr std::int64_t kBlocksPerMultiprocessor = 8;
+// A reduce kernel's grid: one block per output row group or column tile up to this many (as
+// kernels/cuda/reduce.cu), the grid-stride loops cover the rest. Blocks differ in work (rows of
+// one long row vs many short ones), so more than one wave balances better than the cap above.
+constexpr std::int64_t kMaxReduceBlocks = 65535;
 constexpr int kMaxCachedDevices = 64;
 
 }  // namespace
@@ -48,15 +52,17 @@ void launch_fused_cuda(const kernels::FusedProgram& program, const kernels::Fuse
                        const float* const* inputs, float* const* outputs, const float* scalars, cudaStream_t stream,
                        int device) {
   const std::string key = cuda_kernel_key(program, layout);  // checks the program
-  if (layout.numel() == 0) return;
+  // A reduction writes its outer * inner outputs even over an empty domain (n == 0: the empty
+  // reduction); an element-wise program has nothing to do then.
+  if (program.reduction ? layout.reduce.outer * layout.reduce.inner == 0 : layout.numel() == 0) return;
   const CudaDeviceShape shape = cuda_device_shape(device);
   CudaDeviceGuard guard(device);  // a cudaKernel_t launches in the current device's context
   const cudaKernel_t kernel = FusedKernelCache::global().kernel(key, shape.arch, program, layout);
 
   alignas(16) std::array<std::byte, kCudaFusedMaxArgBytes> args;
   const CudaArgsInfo info = pack_cuda_args(program, layout, inputs, outputs, scalars, args);
-  const std::int64_t blocks = std::min<std::int64_t>((info.work_items + kCudaFusedThreads - 1) / kCudaFusedThreads,
-                                                     kBlocksPerMultiprocessor * shape.multiprocessors);
+  const std::int64_t blocks = std::min<std::int64_t>(
+      info.blocks, program.reduction ? kMaxReduceBlocks : kBlocksPerMultiprocessor * shape.multiprocessors);
   void* params[] = {args.data()};
   DEFER_CUDA_CHECK(cudaLaunchKernel(reinterpret_cast<const void*>(kernel), dim3(static_cast<unsigned>(blocks)),
                                     dim3(kCudaFusedThreads), params, 0, stream));

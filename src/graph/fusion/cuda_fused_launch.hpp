@@ -7,7 +7,8 @@
 namespace defer::detail {
 
 // Runs `program` over `layout` on `stream` of `device`: inputs[num_inputs] (read per the layout),
-// outputs[outputs.size()] (contiguous, numel() elements each), scalars[num_scalars] (copied into
+// outputs[outputs.size()] (contiguous, numel() elements each; for a reduction one output of
+// layout.reduce.outer * layout.reduce.inner elements), scalars[num_scalars] (copied into
 // the kernel's argument: the host array may be reused as soon as this returns). Compiles, or reads
 // from the disk cache, the first time a structure meets an architecture. Queues the kernel and
 // returns: never synchronizes. Throws std::invalid_argument for a program that cannot be fused
