@@ -370,9 +370,10 @@ def fmt_throughput(r):
 def print_table(ctx, results, out=sys.stdout):
     print("pytorch_compare on %s (%s), %s%s" % (ctx["device"], ctx["device_name"], ctx["date"],
                                                 ", --quick" if ctx["quick"] else ""), file=out)
-    print("time per step: median [min, max] of %d repeats (%s); vs eager: torch eager's median / this median; "
-          "launches: kernels per step (graphs: graph launches per step; torch.profiler, CUDA only); "
-          "err: max |x - eager| / max |eager|\n" % (ctx["repeats"], ctx["clock"]), file=out)
+    print("time per step: median [min, max] of %d repeats, clock %s; vs eager: torch eager's median / this median"
+          % (ctx["repeats"], ctx["clock"]), file=out)
+    print("launches, graphs: kernels and graphs launched per step (torch.profiler, CUDA only); "
+          "err: max |x - eager| / max |eager|\n", file=out)
     header = ["workload", "size", "mode", "median", "[min, max]", "vs eager", "launches", "graphs", "throughput", "err"]
     rows = []
     for r in results:

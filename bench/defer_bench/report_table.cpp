@@ -58,8 +58,8 @@ void print_table(std::FILE* out, const RunContext& c, const std::vector<CaseResu
   std::fprintf(out, "defer-bench on %s (%s), %s%s\n", c.device.c_str(), c.device_name.c_str(), c.date.c_str(),
                c.quick ? ", --quick" : "");
   std::fprintf(out,
-               "time per step: median [min, max] of %d repeats (%s); vs eager: eager's median / this median; "
-               "launches: kernels per step (graphs: graph replays per step); err: max |x - eager| / max |eager|\n\n",
+               "time per step: median [min, max] of %d repeats, clock %s; vs eager: eager's median / this median\n"
+               "launches, graphs: kernels queued and graphs replayed per step; err: max |x - eager| / max |eager|\n\n",
                c.repeats, c.clock.c_str());
 
   const std::vector<std::string> header = {"workload", "size",     "mode",   "median", "[min, max]",
