@@ -204,5 +204,88 @@ TEST_P(Fusion, WaitAllReportsAnErrorAfterRunningTheRest) {
   EXPECT_EQ(to_vector(wait(good)).size(), 8u);
 }
 
+// ---- element-wise prologues fused into sum, mean and max.
+
+TEST_P(Fusion, AReductionReadsItsElementwisePrologueInOneKernel) {
+  const ref::Dims shape{6, 37, 5};
+  TensorAwait x = input(Shape(shape.begin(), shape.end()), 30);
+  TensorAwait y = input({37, 1}, 31, 0.5f, 2.f);  // broadcast along the last dim
+  const ref::Vec xv = ref::widen(to_vector(wait(x))), yv = ref::widen(to_vector(wait(y)));
+  // The prologue, in float64: exp(x * 0.5) * y - x
+  ref::Vec pro(xv.size());
+  for (std::size_t e = 0; e < xv.size(); ++e) pro[e] = std::exp(xv[e] * 0.5) * yv[(e / 5) % 37] - xv[e];
+  using R = TensorAwait (*)(const TensorAwait&, int, bool);
+  const std::pair<R, ref::Reduce> ops[] = {{defer::sum, ref::Reduce::sum}, {defer::mean, ref::Reduce::mean},
+                                           {defer::max, ref::Reduce::max}};
+  for (const auto& [op, rop] : ops)
+    for (int dim : {0, 1, 2, -1})
+      for (bool keepdim : {false, true}) {
+        // Built in a function so that no temporary of the prologue is alive at the wait (a live
+        // Await is one somebody may still wait: it would be written).
+        auto make = [&, op = op] { return op(exp(x * 0.5f) * y - x, dim, keepdim); };
+        TensorAwait r = make();
+        reset_stats();
+        const auto got = to_vector(wait(r));
+        EXPECT_EQ(stats().kernel_launches, 1u) << "dim " << dim;
+        EXPECT_EQ(stats().fused_kernels, 1u);
+        const ref::Vec want = ref::reduce(pro, shape, dim < 0 ? dim + 3 : dim, rop);
+        ASSERT_EQ(got.size(), want.size());
+        for (std::size_t k = 0; k < got.size(); ++k)
+          ASSERT_NEAR(got[k], want[k], 1e-5 * (1 + std::abs(want[k]))) << "dim " << dim << " element " << k;
+      }
+}
+
+TEST_P(Fusion, AReductionOfOneElementwiseOpFuses) {
+  TensorAwait x = input({64, 33}, 32);
+  auto make = [&] { return sum(x * x, 1); };
+  TensorAwait r = make();
+  reset_stats();
+  const auto got = to_vector(wait(r));
+  EXPECT_EQ(stats().kernel_launches, 1u);
+  const auto xv = to_vector(wait(x));
+  for (int r = 0; r < 64; ++r) {
+    double want = 0;
+    for (int c = 0; c < 33; ++c) want += double(xv[r * 33 + c]) * xv[r * 33 + c];
+    ASSERT_NEAR(got[static_cast<std::size_t>(r)], want, 1e-5 * want);
+  }
+}
+
+TEST_P(Fusion, APrologueSomebodyHoldsIsWrittenAndNotFusedIntoTheReduction) {
+  TensorAwait x = input({10, 20}, 33);
+  TensorAwait pro = relu(x) + 0.5f;  // held: must get its tensor
+  TensorAwait s = mean(pro, 1);
+  reset_stats();
+  const auto sv = to_vector(wait(s));
+  EXPECT_EQ(stats().kernel_launches, 2u) << "the fused prologue, then the reduction over its tensor";
+  const auto pv = to_vector(wait(pro));
+  EXPECT_EQ(stats().kernel_launches, 2u) << "the prologue's tensor was written by the first kernel";
+  for (int r = 0; r < 10; ++r) {
+    double want = 0;
+    for (int c = 0; c < 20; ++c) want += pv[static_cast<std::size_t>(r * 20 + c)];
+    ASSERT_NEAR(sv[static_cast<std::size_t>(r)], want / 20, 1e-5);
+  }
+}
+
+TEST_P(Fusion, APrologueReadElsewhereStaysCorrect) {
+  TensorAwait x = input({8, 16}, 34);
+  auto make = [&] {
+    TensorAwait t = tanh(x) * 2.f;
+    return sum(t, 1, true) + t;  // t is read by the reduction and by the add
+  };
+  auto [fused, unfused] = fused_and_unfused(make);
+  ASSERT_EQ(fused.size(), unfused.size());
+  for (std::size_t i = 0; i < fused.size(); ++i) ASSERT_NEAR(fused[i], unfused[i], 1e-5 * (1 + std::abs(unfused[i])));
+}
+
+TEST_P(Fusion, MaxOfAProloguePropagatesNaN) {
+  std::vector<float> v = random_values(12, 35);
+  v[7] = std::nanf("");
+  TensorAwait x = from_vector(v, {3, 4}, dev_);
+  const auto got = to_vector(wait(max(abs(x) + 1.f, 1)));
+  EXPECT_FALSE(std::isnan(got[0]));
+  EXPECT_TRUE(std::isnan(got[1])) << "row 1 holds the NaN";
+  EXPECT_FALSE(std::isnan(got[2]));
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, Fusion, ::testing::Values(DeviceKind::cpu, DeviceKind::cuda),
                          [](const auto& param_info) { return param_info.param == DeviceKind::cpu ? "cpu" : "cuda"; });

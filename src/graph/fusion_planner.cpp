@@ -22,6 +22,12 @@ namespace {
 
 bool is_elementwise(OpKind k) { return k == OpKind::unary || k == OpKind::binary || k == OpKind::binary_scalar; }
 
+std::int64_t numel_of(const Shape& s) {
+  std::int64_t n = 1;
+  for (std::int64_t e : s) n *= e;
+  return n;
+}
+
 struct GroupBudget {  // what a group uses of the fused-kernel caps
   int instructions = 0, inputs = 0, scalars = 0;
   int held = 0;  // members somebody outside the plan holds: outputs of the kernel
@@ -86,6 +92,23 @@ FusionPlan plan_fusion(const std::vector<OpNode*>& order) {
       for (std::size_t j : pending)
         if (plan.group_of[j] >= 0) closed[static_cast<std::size_t>(plan.group_of[j])] = true;
     };
+    if (node->spec().kind == OpKind::reduce && meta[i].dtype == DType::f32 && pending.size() == 1) {
+      // An element-wise prologue: the reduction joins the group that computes its input when that
+      // input is the group's latest member, only the reduction reads it, and the group has no
+      // other output (a fused reduction writes exactly one tensor). Nothing joins after it.
+      const std::size_t j = pending[0];
+      const int g = plan.group_of[j];
+      if (g >= 0 && !closed[static_cast<std::size_t>(g)] && plan.groups[static_cast<std::size_t>(g)].members.back() == order[j] &&
+          !held(j) && internal_refs[j] == 1 && budget[static_cast<std::size_t>(g)].held == 0 && numel_of(meta[j].shape) > 0 &&
+          budget[static_cast<std::size_t>(g)].instructions < kernels::kMaxFusedInstructions) {
+        FusionGroup& group = plan.groups[static_cast<std::size_t>(g)];
+        group.members.push_back(node);
+        ++budget[static_cast<std::size_t>(g)].instructions;
+        closed[static_cast<std::size_t>(g)] = true;
+        plan.group_of[i] = g;
+        continue;
+      }
+    }
     if (!is_elementwise(node->spec().kind) || meta[i].dtype != DType::f32) {
       close_inputs();
       continue;
@@ -187,6 +210,10 @@ bool build_program(FusionGroup& group, const FusionPlan& plan) {
   for (std::size_t m = 0; m < group.members.size(); ++m) {
     OpNode* node = group.members[m];
     const OpSpec& spec = node->spec();
+    if (spec.kind == OpKind::reduce) {  // the group's last member: reduces its input's value
+      program->reduction = kernels::FusedReduction{spec.reduce, value_of.at(node->inputs()[0])};
+      continue;
+    }
     kernels::FusedInstr instr{kernels::FusedKind::unary};
     if (spec.kind == OpKind::unary) {
       instr = {kernels::FusedKind::unary, static_cast<std::uint8_t>(spec.unary), value(node->inputs()[0]), 0};
@@ -202,6 +229,14 @@ bool build_program(FusionGroup& group, const FusionPlan& plan) {
     value_of.emplace(node, static_cast<std::uint16_t>(program->code.size() - 1));
     if (group.materialize[m]) program->outputs.push_back(static_cast<std::uint16_t>(program->code.size() - 1));
   }
+  if (program->reduction) {
+    // A member the reduction does not read is still needed outside the group: no single kernel.
+    if (!program->outputs.empty()) {
+      group.inputs.clear();
+      return false;
+    }
+    program->outputs.push_back(program->reduction->value);
+  }
   program->num_inputs = static_cast<std::uint16_t>(group.inputs.size());
   program->num_scalars = static_cast<std::uint16_t>(scalars.size());
   if (program->outputs.size() > static_cast<std::size_t>(kernels::kMaxFusedOutputs) ||
@@ -212,11 +247,18 @@ bool build_program(FusionGroup& group, const FusionPlan& plan) {
   }
   try {
     auto layout = std::make_shared<kernels::FusedLayout>(make_fused_layout(group.shape, input_shapes));
+    group.kernel.out_shape = group.shape;
+    if (program->reduction) {
+      const OpNode* reduce = group.members.back();
+      const AxisSplit axis =
+          split_at(group.shape, normalize_dim("reduce", reduce->spec().dim, group.shape.size()));
+      layout->reduce = kernels::FusedLayout::ReduceAxis{axis.outer, axis.n, axis.inner};
+      group.kernel.out_shape = plan.shapes.at(reduce);
+    }
     kernels::validate(*program, *layout);
     group.kernel.program = std::move(program);
     group.kernel.layout = std::move(layout);
     group.kernel.scalars = std::move(scalars);
-    group.kernel.out_shape = group.shape;
     for (OpNode* node : group.members)
       group.kernel.ops += (group.kernel.ops.empty() ? "" : ", ") + std::string(short_name(node->spec()));
     return true;

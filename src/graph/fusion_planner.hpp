@@ -25,13 +25,14 @@ struct FusedKernel {
 std::vector<Tensor> launch_fused(const FusedKernel& kernel, const std::vector<const Tensor*>& inputs,
                                  StreamImpl& stream, const char* reason);
 
-// A group of element-wise nodes over one output shape, in topological order.
+// A group of element-wise nodes over one shape, in topological order, possibly ended by a
+// reduction (sum, mean or max) that reads the latest member: its element-wise prologue.
 struct FusionGroup {
   std::vector<OpNode*> members;
   std::vector<bool> materialize;            // per member: write its tensor
   std::vector<AwaitState<Tensor>*> inputs;  // the group's external inputs (done states)
   FusedKernel kernel;                       // built by build_program
-  Shape shape;
+  Shape shape;                              // of the element-wise members (the reduction's domain)
 };
 
 struct FusionPlan {
