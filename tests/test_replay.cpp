@@ -235,6 +235,8 @@ TEST(ReplayCpu, ConcurrentReplaysOfOneStructureAreCorrect) {
   set_graphs_enabled(true);
   detail::clear_replay_cache();
   const Tensor w = from_vector(random_values(16 * 16, 23, -0.5f, 0.5f), {16, 16});
+  // The threads use w as a plain Tensor on their own streams: its upload must be complete.
+  current_stream(Device::cpu()).synchronize();
   std::atomic<int> wrong{0};
   std::vector<std::thread> threads;
   for (int t = 0; t < 4; ++t)
