@@ -2,8 +2,9 @@
 // side by side in one run, next to a plain memcpy of the same size as the bandwidth reference.
 //
 // Cases (each name ends in the variant, so the three of a case read together):
-//   BM_memcpy/<size>            std::memcpy of page-aligned host buffers of <size> floats on the main
-//                               thread (defer has no device copy op yet); the bandwidth reference.
+//   BM_memcpy/<size>            the bandwidth reference: on the CPU std::memcpy of page-aligned host
+//                               buffers of <size> floats on the main thread; on a GPU
+//                               cudaMemcpyAsync device to device, timed with CUDA events.
 //   BM_memcpy_pool/<size>       the same copy split over defer's CPU ThreadPool in the task size the
 //                               fused kernel uses (the fused CPU kernel runs on that pool for outputs of
 //                               2^18 elements and more; the one-op kernels run on one thread).
@@ -23,9 +24,10 @@
 // and graph replay on, the library's default: from the second step on the plan is not planned
 // again and runs as one graph launch; on the CPU one queue task).
 //
-// Each step builds the ops on inputs that already exist, waits the result and synchronizes the
-// current stream of the device: CPU kernels run on the stream's worker thread (and the pool), so
-// times are wall-clock (UseRealTime) and include the kernels.
+// Each step builds the ops on inputs that already exist and waits the result. On the CPU a step is
+// timed with the wall clock around it and the stream's synchronize (kernels run on the stream's
+// worker thread and the pool); on a GPU with CUDA events recorded on the stream before the step's
+// first op and after its wait (UseManualTime in both cases).
 //
 // Counters:
 //   launches/step  defer::stats().kernel_launches delta per step (a fused kernel counts once; kernels
@@ -63,9 +65,13 @@
 #include <vector>
 
 #include <defer/defer.hpp>
+#ifdef DEFER_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
 
 #include "cpu/thread_pool.hpp"
 #include "graph/op_node.hpp"
+#include "runtime/stream_impl.hpp"
 
 namespace {
 
@@ -172,6 +178,57 @@ class Switches {
   bool fusion_, graphs_;
 };
 
+// Times steps on a device: CUDA events around each step on the stream (the GPU's own clock, from
+// before the first launch to after the last kernel, including any idle gap while the host builds
+// and plans), the wall clock around the step and its synchronize on the CPU.
+class StepTimer {
+ public:
+  explicit StepTimer(const defer::Stream& stream) : stream_(stream) {
+#ifdef DEFER_HAVE_CUDA
+    if (stream.device().is_cuda()) {
+      cudaEventCreate(&start_);
+      cudaEventCreate(&stop_);
+    }
+#endif
+  }
+  ~StepTimer() {
+#ifdef DEFER_HAVE_CUDA
+    if (start_ != nullptr) {
+      cudaEventDestroy(start_);
+      cudaEventDestroy(stop_);
+    }
+#endif
+  }
+  StepTimer(const StepTimer&) = delete;
+  StepTimer& operator=(const StepTimer&) = delete;
+
+  template <class Step>
+  double seconds(const Step& step) {
+#ifdef DEFER_HAVE_CUDA
+    if (start_ != nullptr) {
+      const auto s = static_cast<cudaStream_t>(stream_.impl().native_handle());
+      cudaEventRecord(start_, s);
+      step();
+      cudaEventRecord(stop_, s);
+      cudaEventSynchronize(stop_);
+      float ms = 0.f;
+      cudaEventElapsedTime(&ms, start_, stop_);
+      return static_cast<double>(ms) * 1e-3;
+    }
+#endif
+    const Clock::time_point t0 = Clock::now();
+    step();
+    stream_.synchronize();
+    return std::chrono::duration<double>(Clock::now() - t0).count();
+  }
+
+ private:
+  const defer::Stream& stream_;
+#ifdef DEFER_HAVE_CUDA
+  cudaEvent_t start_ = nullptr, stop_ = nullptr;
+#endif
+};
+
 // One case: `build` returns the Await to complete; each step builds, waits and synchronizes.
 template <class Build>
 void run_case(benchmark::State& state, const std::string& key, Variant v, const Build& build, std::int64_t bytes,
@@ -187,13 +244,16 @@ void run_case(benchmark::State& state, const std::string& key, Variant v, const 
     stream.synchronize();
   }
   const defer::Stats before = defer::stats();
-  const Clock::time_point start = Clock::now();
+  StepTimer timer(stream);
+  double seconds = 0;
   for (auto _ : state) {
-    TensorAwait result = build();
-    benchmark::DoNotOptimize(defer::wait(result).data_ptr());
-    stream.synchronize();
+    const double t = timer.seconds([&] {
+      TensorAwait result = build();
+      benchmark::DoNotOptimize(defer::wait(result).data_ptr());
+    });
+    state.SetIterationTime(t);
+    seconds += t;
   }
-  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   const defer::Stats after = defer::stats();
   const auto steps = static_cast<double>(state.iterations());
   const double launches = static_cast<double>(after.kernel_launches - before.kernel_launches) / steps;
@@ -219,7 +279,7 @@ void register_variants(const std::string& base, const Variant (&variants)[N], co
                                    run_case(st, key, v, build, bytes, flops);
                                  })
         ->MinTime(min_time())
-        ->UseRealTime()  // the kernels run on other threads: main-thread CPU time misleads
+        ->UseManualTime()  // StepTimer's: the kernels run on other threads or the GPU
         ->Unit(benchmark::kMicrosecond);
   }
 }
@@ -264,8 +324,45 @@ void register_copy(const std::string& key, std::int64_t n, Copy copy) {
       ->Unit(benchmark::kMicrosecond);
 }
 
+#ifdef DEFER_HAVE_CUDA
+// The GPU's copy reference: cudaMemcpyAsync device to device of n floats, timed with CUDA events.
+void register_device_copy(const std::string& key, std::int64_t n) {
+  const std::int64_t bytes = 2 * n * kF32;
+  benchmark::RegisterBenchmark(key.c_str(),
+                               [key, n, bytes](benchmark::State& state) {
+                                 const defer::Device dev = defer::default_device();
+                                 const defer::Tensor src = defer::full({n}, 1.f, defer::DType::f32, dev);
+                                 const defer::Tensor dst = defer::full({n}, 0.f, defer::DType::f32, dev);
+                                 const defer::Stream stream = defer::current_stream(dev);
+                                 const auto s = static_cast<cudaStream_t>(stream.impl().native_handle());
+                                 StepTimer timer(stream);
+                                 double seconds = 0;
+                                 for (auto _ : state) {
+                                   const double t = timer.seconds([&] {
+                                     cudaMemcpyAsync(dst.data_ptr(), src.data_ptr(), static_cast<std::size_t>(bytes / 2),
+                                                     cudaMemcpyDeviceToDevice, s);
+                                   });
+                                   state.SetIterationTime(t);
+                                   seconds += t;
+                                 }
+                                 const auto steps = static_cast<double>(state.iterations());
+                                 state.SetBytesProcessed(state.iterations() * bytes);
+                                 measured()[key] = Measured{seconds / steps, static_cast<double>(bytes) * steps / seconds, 0};
+                               })
+      ->MinTime(min_time())
+      ->UseManualTime()
+      ->Unit(benchmark::kMicrosecond);
+}
+#endif
+
 void register_memcpy(int exponent) {
   const std::int64_t n = std::int64_t{1} << exponent;
+#ifdef DEFER_HAVE_CUDA
+  if (defer::default_device().is_cuda()) {  // on a GPU the reference is a device copy
+    register_device_copy("BM_memcpy/" + size_label(exponent), n);
+    return;
+  }
+#endif
   register_copy("BM_memcpy/" + size_label(exponent), n, [n](float* dst, const float* src) {
     std::memcpy(dst, src, static_cast<std::size_t>(n) * sizeof(float));
   });
