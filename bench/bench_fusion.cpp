@@ -332,7 +332,7 @@ void register_device_copy(const std::string& key, std::int64_t n) {
                                [key, n, bytes](benchmark::State& state) {
                                  const defer::Device dev = defer::default_device();
                                  const defer::Tensor src = defer::full({n}, 1.f, defer::DType::f32, dev);
-                                 const defer::Tensor dst = defer::full({n}, 0.f, defer::DType::f32, dev);
+                                 defer::Tensor dst = defer::full({n}, 0.f, defer::DType::f32, dev);
                                  const defer::Stream stream = defer::current_stream(dev);
                                  const auto s = static_cast<cudaStream_t>(stream.impl().native_handle());
                                  StepTimer timer(stream);
