@@ -50,6 +50,10 @@ Options parse_options(int argc, char** argv) {
       o.quick = true;
       continue;
     }
+    if (arg == "--default-stream") {
+      o.default_stream = true;
+      continue;
+    }
     // Every other flag takes a value: --flag VALUE or --flag=VALUE.
     std::string_view flag = arg, value;
     const auto eq = arg.find('=');
@@ -131,6 +135,8 @@ std::string usage_text(const char* argv0) {
          "                            the transformer block's size (default: two sizes, 1x128x768 with\n"
          "                            12 heads and 1x64x256 with 4 heads; --hidden must be a multiple\n"
          "                            of --heads)\n"
+         "  --default-stream          run on the device's default stream (on CUDA the legacy default\n"
+         "                            stream) instead of a stream created for the run\n"
          "  --json FILE               write every result as JSON (Google Benchmark's conventions)\n"
          "  --svg FILE                draw the speedups against eager as a self-contained SVG chart\n"
          "  --help                    print this and exit\n"

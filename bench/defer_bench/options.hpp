@@ -30,6 +30,8 @@ struct Options {
   std::string json_path;                // --json FILE
   std::string svg_path;                 // --svg FILE
   std::optional<BlockSize> block;       // set when any of --batch/--seq/--hidden/--heads is given
+  bool default_stream = false;          // --default-stream: run on the device's default stream, not
+                                        // on a stream of the run's own
   bool help = false;                    // --help
 };
 

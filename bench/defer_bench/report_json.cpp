@@ -51,6 +51,7 @@ void write_json(const std::string& path, const RunContext& c, const std::vector<
     << "    \"device\": " << quoted(c.device) << ",\n"
     << "    \"device_name\": " << quoted(c.device_name) << ",\n"
     << "    \"clock\": " << quoted(c.clock) << ",\n"
+    << "    \"stream\": " << quoted(c.stream) << ",\n"
     << "    \"quick\": " << (c.quick ? "true" : "false") << ",\n"
     << "    \"repetitions\": " << c.repeats << ",\n"
     << "    \"warmup_steps\": " << c.warmup << ",\n"

@@ -58,9 +58,10 @@ void print_table(std::FILE* out, const RunContext& c, const std::vector<CaseResu
   std::fprintf(out, "defer-bench on %s (%s), %s%s\n", c.device.c_str(), c.device_name.c_str(), c.date.c_str(),
                c.quick ? ", --quick" : "");
   std::fprintf(out,
-               "time per step: median [min, max] of %d repeats, clock %s; vs eager: eager's median / this median\n"
+               "time per step: median [min, max] of %d repeats, clock %s, %s stream; vs eager: eager's median / "
+               "this median\n"
                "launches, graphs: kernels queued and graphs replayed per step; err: max |x - eager| / max |eager|\n\n",
-               c.repeats, c.clock.c_str());
+               c.repeats, c.clock.c_str(), c.stream == "default" ? "the default" : "its own");
 
   const std::vector<std::string> header = {"workload", "size",     "mode",   "median", "[min, max]",
                                            "vs eager", "launches", "graphs", "throughput", "err"};

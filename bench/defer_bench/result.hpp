@@ -33,6 +33,7 @@ struct RunContext {
   std::string device;        // "cpu", "cuda:0"
   std::string device_name;   // "AMD EPYC, 2 threads", "NVIDIA H100 80GB HBM3 (sm_90)"
   std::string clock;         // "steady_clock" or "cuda_event"
+  std::string stream;        // "own" (a stream created for the run) or "default" (--default-stream)
   std::string build_type;    // "release" or "debug"
   int num_cpus = 0;
   bool quick = false;
