@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <limits>
 #include <set>
@@ -57,6 +58,8 @@ std::string explain_value(const L::Program& p, int id) {
 // Checks one program; returns "" or what went wrong (with everything needed to reproduce it).
 std::string check_case(uint32_t seed) {
   const L::Program p = GraphGenerator(seed).generate();
+  // A crash prints nothing of its own: DEFER_PROPERTY_VERBOSE=1 shows each program before it runs.
+  if (env_long("DEFER_PROPERTY_VERBOSE", 0) != 0) std::fprintf(stderr, "--- seed %u ---\n%s", seed, L::to_text(p).c_str());
   std::ostringstream why;
   const auto report = [&](const std::string& what, int id) {
     why << "seed " << seed << " (rerun: DEFER_PROPERTY_SEED=" << seed << " DEFER_PROPERTY_CASES=1): " << what
