@@ -66,10 +66,8 @@ bool CudaEvent::query() const {
 void CudaEvent::synchronize() const { DEFER_CUDA_CHECK(cudaEventSynchronize(event_)); }
 
 CudaStream::CudaStream(int device, bool owned) : StreamImpl(Device::cuda(device)), owned_(owned) {
-  if (owned_) {
-    CudaDeviceGuard guard(device);
-    DEFER_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-  }
+  CudaDeviceGuard guard(device);
+  DEFER_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
 }
 
 CudaStream::~CudaStream() {

@@ -1,7 +1,9 @@
 #pragma once
-// The CUDA backend's stream and event: RAII over cudaStream_t and cudaEvent_t. Streams created by
-// Stream::create are non-blocking, so they never synchronize implicitly with the default stream
-// (the same semantics as the CPU backend's independent queues). Events are timing-disabled and
+// The CUDA backend's stream and event: RAII over cudaStream_t and cudaEvent_t. Every stream, the
+// device's defer default stream included, is a non-blocking stream of our own: none synchronizes
+// implicitly with CUDA's legacy stream 0 (the same semantics as the CPU backend's independent
+// queues), and every one can be captured into a CUDA graph, which the legacy stream cannot. Code
+// that mixes defer with work on stream 0 orders the two with events (Stream::wait / Event). Events are timing-disabled and
 // recycled through a per-device free list, since creating one costs more than recording one.
 #include <cuda_runtime_api.h>
 
@@ -28,7 +30,7 @@ class CudaEvent final : public EventImpl {
 
 class CudaStream final : public StreamImpl {
  public:
-  // owned: a stream of our own (destroyed with this object); otherwise the device's default stream.
+  // owned: destroyed with this object; otherwise the device's default stream, never destroyed.
   CudaStream(int device, bool owned);
   ~CudaStream() override;
 
