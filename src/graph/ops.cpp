@@ -128,7 +128,11 @@ TensorAwait to(const TensorAwait& a, Device d) {
 
 namespace {
 
-std::vector<Tensor> wait_all_on(const std::vector<TensorAwait>& results, detail::StreamImpl& stream) {
+// `explicit_stream`: the stream wait_all was given, or null for the default (the plan then runs on
+// the current stream of the default device and each result is ordered on its own device's
+// current stream, as a plain wait does).
+std::vector<Tensor> wait_all_on(const std::vector<TensorAwait>& results, detail::StreamImpl* explicit_stream) {
+  detail::StreamImpl& stream = explicit_stream != nullptr ? *explicit_stream : detail::wait_stream();
   // Claim the pending op results as the roots of one plan; anything else (done, running elsewhere,
   // not an op) is left to the per-result waits below.
   std::vector<OpNode*> roots;
@@ -150,7 +154,7 @@ std::vector<Tensor> wait_all_on(const std::vector<TensorAwait>& results, detail:
   std::exception_ptr first_error;
   for (const TensorAwait& r : results) {
     try {
-      out.push_back(detail::wait_impl(r, &stream));
+      out.push_back(detail::wait_impl(r, explicit_stream));
     } catch (...) {
       if (!first_error) first_error = std::current_exception();
       out.emplace_back();
@@ -163,10 +167,10 @@ std::vector<Tensor> wait_all_on(const std::vector<TensorAwait>& results, detail:
 }  // namespace
 
 std::vector<Tensor> wait_all(const std::vector<TensorAwait>& results) {
-  return wait_all_on(results, detail::wait_stream());
+  return wait_all_on(results, nullptr);
 }
 std::vector<Tensor> wait_all(const std::vector<TensorAwait>& results, const Stream& s) {
-  return wait_all_on(results, s.impl());
+  return wait_all_on(results, &s.impl());
 }
 
 TensorAwait operator+(const TensorAwait& a, const TensorAwait& b) { return add(a, b); }

@@ -59,10 +59,10 @@ void append(std::string& key, const T& v) {
   key.append(bytes, sizeof(T));
 }
 
-// The plan's key, or nullopt when the plan cannot be replayed.
-std::optional<Signature> signature(const std::vector<OpNode*>& order, const StreamImpl& stream) {
+// The plan's key, or nullopt when the plan cannot be replayed. Every tensor the plan reads must be
+// on `device`, so that the whole plan runs on one stream.
+std::optional<Signature> signature(const std::vector<OpNode*>& order, Device device) {
   Signature sig;
-  const Device device = stream.device();
   sig.key.reserve(order.size() * 40);
   append(sig.key, device.is_cuda());
   append(sig.key, device.index());
@@ -263,7 +263,15 @@ std::optional<std::vector<Tensor>> launch_replay(ReplayPlan& plan, const Signatu
 
 bool try_replay(const std::vector<OpNode*>& order, StreamImpl& wait_stream, const char* reason) {
   if (!graphs_enabled() || mode() == Mode::eager || order.size() < 2) return false;
-  std::optional<Signature> sig = signature(order, wait_stream);
+  // The plan runs where its tensors are: on the wait's stream when that is their device, else on
+  // their device's current stream (as the normal path does, see stream_for).
+  const AwaitState<Tensor>* first_input = nullptr;
+  for (const OpNode* node : order)
+    for (const AwaitState<Tensor>* in : node->inputs())
+      if (first_input == nullptr && in->status() == AwaitStatus::ready && in->value().defined()) first_input = in;
+  if (first_input == nullptr) return false;
+  StreamImpl& stream = stream_for(first_input->value().device(), wait_stream);
+  std::optional<Signature> sig = signature(order, stream.device());
   if (!sig) return false;
   bool seen_before = false;
   std::shared_ptr<ReplayPlan> plan = PlanCache::global().find(sig->key, seen_before);
@@ -275,11 +283,11 @@ bool try_replay(const std::vector<OpNode*>& order, StreamImpl& wait_stream, cons
   }
   std::unique_lock busy(plan->busy, std::try_to_lock);
   if (!busy.owns_lock()) return false;
-  std::optional<std::vector<Tensor>> values = launch_replay(*plan, *sig, order.size(), wait_stream, reason);
+  std::optional<std::vector<Tensor>> values = launch_replay(*plan, *sig, order.size(), stream, reason);
   if (!values) return false;
   busy.unlock();
 
-  Completion done{wait_stream.device(), wait_stream.id(), wait_stream.record()};
+  Completion done{stream.device(), stream.id(), stream.record()};
   // Members nobody holds never get a tensor. They go back to pending first: publishing their
   // consumers releases the consumers' inputs, which may destroy them.
   for (std::size_t i = 0; i < order.size(); ++i)

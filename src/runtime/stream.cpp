@@ -2,6 +2,8 @@
 #include <defer/stream.hpp>
 
 #include <atomic>
+#include <memory>
+#include <mutex>
 #include <utility>
 #include <vector>
 
@@ -33,28 +35,48 @@ namespace {
 std::size_t slot(Device d) { return d.is_cpu() ? 0 : static_cast<std::size_t>(d.index()) + 1; }
 
 // Leaked on purpose: default streams live until the process exits, and tearing down CUDA objects
-// while the CUDA runtime unloads fails.
-[[gnu::noinline]] const std::vector<std::shared_ptr<StreamImpl>>* make_default_streams() {
-  auto* streams = new std::vector<std::shared_ptr<StreamImpl>>;
-  streams->push_back(std::make_shared<CpuStream>());
+// while the CUDA runtime unloads fails. The CPU's exists from the start; a GPU's is created on its
+// first use (creating a CUDA stream initializes the device's context, which takes a while, and a
+// program that never touches a GPU should not pay for it).
+struct DefaultStreams {
+  std::vector<std::shared_ptr<StreamImpl>> streams;  // one slot per device, each written once
+  std::unique_ptr<std::atomic<bool>[]> ready;         // slot written (acquire before reading it)
+  std::mutex mutex;                                   // serializes the writes
+};
+
+[[gnu::noinline]] DefaultStreams* make_default_streams() {
+  auto* d = new DefaultStreams;
+  std::size_t slots = 1;
 #ifdef DEFER_HAVE_CUDA
-  for (int i = 0; i < cuda_device_count(); ++i) streams->push_back(std::make_shared<CudaStream>(i, false));
+  slots += static_cast<std::size_t>(cuda_device_count());
 #endif
-  return streams;
+  d->streams.resize(slots);
+  d->ready = std::make_unique<std::atomic<bool>[]>(slots);
+  d->streams[0] = std::make_shared<CpuStream>();
+  d->ready[0].store(true, std::memory_order_release);
+  return d;
 }
 
-// Filled once, then read without locks. A function-local static: after the first call its check is
-// one load, where std::call_once costs a pthread_once call and thread-local stores on every call.
-const std::vector<std::shared_ptr<StreamImpl>>& default_streams() {
-  static const auto* streams = make_default_streams();
+// A function-local static: after the first call its check is one load, where std::call_once costs a
+// pthread_once call and thread-local stores on every call.
+DefaultStreams& default_streams() {
+  static DefaultStreams* streams = make_default_streams();
   return *streams;
 }
 
 }  // namespace
 
 const std::shared_ptr<StreamImpl>& default_stream_impl(Device d) {
-  if (!d.is_cpu()) require_available(d);  // the CPU always is
-  return default_streams()[slot(d)];
+  DefaultStreams& all = default_streams();
+  const std::size_t i = slot(d);
+  if (all.ready[i].load(std::memory_order_acquire)) return all.streams[i];
+  require_available(d);  // the CPU always is
+#ifdef DEFER_HAVE_CUDA
+  std::lock_guard lock(all.mutex);
+  if (!all.streams[i]) all.streams[i] = std::make_shared<CudaStream>(d.index(), /*owned=*/false);
+  all.ready[i].store(true, std::memory_order_release);
+#endif
+  return all.streams[i];
 }
 
 namespace {

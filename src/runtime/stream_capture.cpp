@@ -14,7 +14,37 @@
 namespace defer::detail {
 namespace {
 thread_local StreamCapture* open_capture = nullptr;  // this thread's innermost open capture
-}
+
+#ifdef DEFER_HAVE_CUDA
+// This thread's private streams to capture on, one per device, destroyed with the thread.
+class CaptureStreams {
+ public:
+  CaptureStreams() = default;
+  CaptureStreams(const CaptureStreams&) = delete;
+  CaptureStreams& operator=(const CaptureStreams&) = delete;
+  ~CaptureStreams() {
+    for (std::size_t d = 0; d < streams_.size(); ++d) {
+      if (streams_[d] == nullptr) continue;
+      CudaDeviceGuard guard(static_cast<int>(d));
+      cudaStreamDestroy(streams_[d]);  // nothing to report from a destructor
+    }
+  }
+  cudaStream_t get(int device) {
+    const auto d = static_cast<std::size_t>(device);
+    if (streams_.size() <= d) streams_.resize(d + 1, nullptr);
+    if (streams_[d] == nullptr) {
+      CudaDeviceGuard guard(device);
+      DEFER_CUDA_CHECK(cudaStreamCreateWithFlags(&streams_[d], cudaStreamNonBlocking));
+    }
+    return streams_[d];
+  }
+
+ private:
+  std::vector<cudaStream_t> streams_;
+};
+thread_local CaptureStreams capture_streams;
+#endif
+}  // namespace
 
 GraphExec::~GraphExec() {
 #ifdef DEFER_HAVE_CUDA
@@ -30,7 +60,9 @@ StreamCapture::StreamCapture(StreamImpl& stream) : stream_(stream), previous_(op
   if (stream.device().is_cuda()) {
     // Relaxed: the pool may still call cudaMalloc on a miss while the plan is captured.
     CudaDeviceGuard guard(stream.device().index());
-    DEFER_CUDA_CHECK(cudaStreamBeginCapture(cuda_handle(stream), cudaStreamCaptureModeRelaxed));
+    cudaStream_t capture = capture_streams.get(stream.device().index());
+    DEFER_CUDA_CHECK(cudaStreamBeginCapture(capture, cudaStreamCaptureModeRelaxed));
+    capture_stream_ = capture;
   }
 #endif
   open_capture = this;
@@ -54,7 +86,8 @@ void StreamCapture::end_cuda_capture() noexcept {
   if (stream_.device().is_cuda()) {
     CudaDeviceGuard guard(stream_.device().index());
     cudaGraph_t graph = nullptr;
-    if (cudaStreamEndCapture(cuda_handle(stream_), &graph) == cudaSuccess && graph != nullptr) cudaGraphDestroy(graph);
+    if (cudaStreamEndCapture(static_cast<cudaStream_t>(capture_stream_), &graph) == cudaSuccess && graph != nullptr)
+      cudaGraphDestroy(graph);
     cudaGetLastError();  // an invalidated capture leaves its error behind: it was reported already
   }
 #endif
@@ -66,9 +99,9 @@ std::size_t StreamCapture::launch(GraphExec& exec) {
 #ifdef DEFER_HAVE_CUDA
   if (stream_.device().is_cuda()) {
     CudaDeviceGuard guard(stream_.device().index());
-    const cudaStream_t s = cuda_handle(stream_);
+    const cudaStream_t s = cuda_handle(stream_);  // the real stream: this capture is closed
     cudaGraph_t raw = nullptr;
-    DEFER_CUDA_CHECK(cudaStreamEndCapture(s, &raw));
+    DEFER_CUDA_CHECK(cudaStreamEndCapture(static_cast<cudaStream_t>(capture_stream_), &raw));
     std::unique_ptr<CUgraph_st, decltype(&cudaGraphDestroy)> graph(raw, &cudaGraphDestroy);
     std::size_t nodes = 0;
     DEFER_CUDA_CHECK(cudaGraphGetNodes(graph.get(), nullptr, &nodes));

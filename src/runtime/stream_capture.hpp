@@ -1,9 +1,12 @@
 #pragma once
 // Stream capture: the work one thread queues on one stream is recorded instead of run, then queued
-// as a single launch. On CUDA this is stream capture into a CUDA graph, launched through a cached
-// executable graph that is updated with the new capture's parameters (cudaGraphExecUpdate) rather
-// than instantiated again; on the CPU the recorded tasks become one queue task that runs them in
-// order. Graph replay (src/graph/replay.cpp) uses it to launch a repeated plan as one unit.
+// as a single launch. On CUDA the thread's kernels for that stream go to a private capture stream of
+// the thread (CudaStream::native_handle redirects them), which records them into a CUDA graph; the
+// graph is launched on the real stream through a cached executable graph, updated with the new
+// capture's parameters (cudaGraphExecUpdate) rather than instantiated again. The real stream never
+// enters capture mode, so other threads keep using it meanwhile. On the CPU the recorded tasks
+// become one queue task that runs them in order. Graph replay (src/graph/replay.cpp) uses it to
+// launch a repeated plan as one unit.
 //
 // While a capture is open, the capturing thread must not record events on, wait on, or synchronize
 // the captured stream: nothing recorded has been queued yet.
@@ -48,12 +51,15 @@ class StreamCapture {
   void record_cpu_task(std::function<void()> task) { tasks_.push_back(std::move(task)); }
   // Is this thread capturing (launches then count as part of a graph, not individually)?
   static bool capturing() noexcept;
+  // CUDA: the cudaStream_t the capture records (kernels for the captured stream go there).
+  void* capture_handle() const noexcept { return capture_stream_; }
 
  private:
   void end_cuda_capture() noexcept;  // ends and discards an unfinished CUDA capture
   StreamImpl& stream_;
   StreamCapture* previous_;
   std::vector<std::function<void()>> tasks_;  // CPU: the recorded tasks
+  void* capture_stream_ = nullptr;            // CUDA: this thread's capture stream of the device
   bool open_ = true;
 };
 

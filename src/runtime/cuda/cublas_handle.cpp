@@ -71,13 +71,25 @@ class CublasHandle {
   CublasHandle& operator=(const CublasHandle&) = delete;
 
   cublasHandle_t bind(StreamImpl& stream) {
-    if (stream.id() == stream_id_) return handle_;
+    const cudaStream_t native = cuda_handle(stream);
+    if (stream.id() == stream_id_) {
+      if (native != bound_) {
+        // The same stream seen through a graph capture (or back from one): cuBLAS launches into
+        // the stream the capture records. cublasSetStream resets the workspace: set it again.
+        CudaDeviceGuard guard(device_);
+        DEFER_CUBLAS_CHECK(cublasSetStream(handle_, native));
+        DEFER_CUBLAS_CHECK(cublasSetWorkspace(handle_, workspace_->data(), kWorkspaceBytes));
+        bound_ = native;
+      }
+      return handle_;
+    }
     StreamOrderedPool& pool = pool_for(stream.device());
     auto workspace = std::make_shared<Allocation>(pool, pool.allocate(kWorkspaceBytes, stream));
     CudaDeviceGuard guard(device_);
     stream_id_ = kUnbound;  // if a call below fails, the next bind starts over
-    DEFER_CUBLAS_CHECK(cublasSetStream(handle_, cuda_handle(stream)));
+    DEFER_CUBLAS_CHECK(cublasSetStream(handle_, native));
     DEFER_CUBLAS_CHECK(cublasSetWorkspace(handle_, workspace->data(), kWorkspaceBytes));
+    bound_ = native;
     // The previous workspace goes back to the pool of the stream it was allocated on, ordered
     // after the cuBLAS work queued there.
     workspace_ = std::move(workspace);
@@ -88,6 +100,7 @@ class CublasHandle {
  private:
   int device_;
   cublasHandle_t handle_ = nullptr;
+  cudaStream_t bound_ = nullptr;  // the native stream cuBLAS launches into
   std::uint64_t stream_id_ = kUnbound;
   // A member, so it is released only after the destructor's body has destroyed the handle.
   std::shared_ptr<Allocation> workspace_;

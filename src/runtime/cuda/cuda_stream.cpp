@@ -1,5 +1,7 @@
 #include "runtime/cuda/cuda_stream.hpp"
 
+#include "runtime/stream_capture.hpp"
+
 #include <mutex>
 #include <vector>
 
@@ -76,6 +78,11 @@ CudaStream::~CudaStream() {
   const bool drained = cudaStreamSynchronize(stream_) == cudaSuccess;
   if (drained) release_cached_blocks();
   (void)cudaStreamDestroy(stream_);
+}
+
+void* CudaStream::native_handle() const noexcept {
+  if (const StreamCapture* capture = StreamCapture::active_for(*this)) return capture->capture_handle();
+  return stream_;
 }
 
 void CudaStream::synchronize() { DEFER_CUDA_CHECK(cudaStreamSynchronize(stream_)); }

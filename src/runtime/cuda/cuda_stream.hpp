@@ -38,7 +38,9 @@ class CudaStream final : public StreamImpl {
   bool query() override;
   std::shared_ptr<EventImpl> record() override;
   void wait(const std::shared_ptr<EventImpl>& e) override;
-  void* native_handle() const noexcept override { return stream_; }
+  // The stream kernels launch into: this thread's capture stream while it captures a plan for
+  // this stream (see StreamCapture), else the stream itself.
+  void* native_handle() const noexcept override;
   cudaStream_t handle() const noexcept { return stream_; }
 
  private:
