@@ -64,9 +64,8 @@ int main(int argc, char** argv) {
     // An explicit CUDA request that cannot be served throws DeviceError here: never a fallback.
     const defer::Device device = options.device ? *options.device : defer::default_device();
     // A stream of the run's own, as an application that overlaps work would have, made current
-    // for everything below (inputs, steps, timing). CUDA graphs cannot be captured on the legacy
-    // default stream, so --default-stream shows what graph replay does for code that never
-    // creates a stream.
+    // for everything below (inputs, steps, timing); --default-stream runs on the device's default
+    // stream instead, as code that never creates a stream does.
     const defer::Stream stream =
         options.default_stream ? defer::current_stream(device) : defer::Stream::create(device);
     const defer::StreamGuard on_stream(stream);
