@@ -39,8 +39,8 @@ const Device kCpu = Device::cpu();
 // How long the producer's queued work keeps its stream busy in the stream-ordering tests, and how
 // quickly a wait must return for it to count as not blocking on that work (generous on purpose:
 // this checks that the host does not wait for the work, not how fast a wait is).
-constexpr auto kBusy = 200ms;
-constexpr auto kNonBlocking = kBusy / 2;
+constexpr auto kBusy = 400ms;  // long enough that a loaded machine cannot blur blocked and not blocked
+constexpr auto kNonBlocking = kBusy * 3 / 4;
 
 // Random non-zero values in [-10, -0.5] U [0.5, 10].
 std::vector<float> random_values(std::size_t n, std::uint32_t seed) {

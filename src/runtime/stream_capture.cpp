@@ -93,7 +93,7 @@ void StreamCapture::end_cuda_capture() noexcept {
 #endif
 }
 
-std::size_t StreamCapture::launch(GraphExec& exec) {
+std::size_t StreamCapture::launch([[maybe_unused]] GraphExec& exec) {
   open_capture = previous_;
   open_ = false;
 #ifdef DEFER_HAVE_CUDA
