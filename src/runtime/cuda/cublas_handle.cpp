@@ -1,7 +1,8 @@
 // cuBLAS handles, one per thread and device.
 //
 // A handle is not safe to use from two threads at once, and creating one is slow (it allocates
-// device memory and synchronizes), so each thread keeps one per device for its whole life. A
+// device memory and synchronizes), so each thread keeps one per device for its whole life and
+// parks it for later threads when it exits. A
 // handle is bound to one stream at a time; cublasSetStream also resets the handle's workspace to
 // cuBLAS's own pool (which would cudaMalloc behind our allocator's back), so every rebinding gives
 // the handle a workspace of ours again, allocated on the new stream: stream ordered, it is safe for
@@ -9,16 +10,14 @@
 #include "runtime/cuda/cublas_handle.hpp"
 
 #include <cuda_runtime_api.h>
-#include <unistd.h>
 
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <unordered_map>
-#if defined(__linux__)
-#include <sys/syscall.h>
-#endif
+#include <vector>
 
 #include <defer/errors.hpp>
 
@@ -52,20 +51,7 @@ class CublasHandle {
     }
   }
 
-  ~CublasHandle() {
-    // The workspace returns to its pool afterwards (a member, destroyed after this body), stream
-    // ordered like any block; cublasDestroy synchronizes the device besides.
-    try {
-      // Throws (and so skips the cuBLAS calls) when the CUDA runtime is already unloading, as for
-      // a thread that exits during the process's own exit.
-      CudaDeviceGuard guard(device_);
-      // The bound stream may have been destroyed since: hand cuBLAS the default stream to forget it.
-      (void)cublasSetStream(handle_, nullptr);
-      (void)cublasDestroy(handle_);
-    } catch (...) {
-      // Destructors do not throw; a failing device leaks its handle.
-    }
-  }
+  // No destructor that calls cublasDestroy: handles are parked, never destroyed (see ParkedHandles).
 
   CublasHandle(const CublasHandle&) = delete;
   CublasHandle& operator=(const CublasHandle&) = delete;
@@ -102,35 +88,52 @@ class CublasHandle {
   cublasHandle_t handle_ = nullptr;
   cudaStream_t bound_ = nullptr;  // the native stream cuBLAS launches into
   std::uint64_t stream_id_ = kUnbound;
-  // A member, so it is released only after the destructor's body has destroyed the handle.
+  // The workspace cuBLAS uses on the bound stream, allocated there from our pool.
   std::shared_ptr<Allocation> workspace_;
 };
 
-bool on_main_thread() {
-#if defined(__linux__)
-  return static_cast<long>(::getpid()) == ::syscall(SYS_gettid);
-#else
-  return false;
-#endif
+// Handles of threads that exited, by device, for new threads to reuse. A handle is never destroyed:
+// cublasDestroy in a thread's exit (a thread_local destructor) crashed inside the driver on an H100
+// (it synchronizes the context while the runtime's per-thread state is torn down), during exit()
+// the runtime may be unloading already, and creating a handle costs milliseconds, so parking it
+// for the next thread is cheaper too. The driver reclaims them with the process.
+struct ParkedHandles {
+  std::mutex mutex;
+  std::unordered_map<int, std::vector<std::unique_ptr<CublasHandle>>> by_device;
+};
+
+ParkedHandles& parked() {
+  static auto* handles = new ParkedHandles;  // never destroyed (see above)
+  return *handles;
 }
 
-// The calling thread's handles, by device index. A worker thread destroys its handles when it
-// exits. The main thread's are leaked on purpose: they would be destroyed during exit(), where the
-// CUDA runtime may already be tearing down, and cublasDestroy then fails or crashes; the process
-// is ending, so the driver reclaims everything anyway.
+// The calling thread's handles, by device index; parked for other threads when it exits.
 class ThreadHandles {
  public:
   ThreadHandles() = default;
   ThreadHandles(const ThreadHandles&) = delete;
   ThreadHandles& operator=(const ThreadHandles&) = delete;
   ~ThreadHandles() {
-    if (!on_main_thread()) return;  // handles_ destroys the handles
-    for (auto& [device, handle] : handles_) (void)handle.release();
+    ParkedHandles& p = parked();
+    std::lock_guard lock(p.mutex);
+    for (auto& [device, handle] : handles_) p.by_device[device].push_back(std::move(handle));
   }
 
   CublasHandle& for_device(int device) {
     auto& slot = handles_[device];
-    if (!slot) slot = std::make_unique<CublasHandle>(device);
+    if (!slot) {
+      ParkedHandles& p = parked();
+      {
+        std::lock_guard lock(p.mutex);
+        auto& free = p.by_device[device];
+        if (!free.empty()) {
+          slot = std::move(free.back());
+          free.pop_back();
+        }
+      }
+      // A parked handle is still bound to its last stream (ids are never reused): bind() rebinds.
+      if (!slot) slot = std::make_unique<CublasHandle>(device);
+    }
     return *slot;
   }
 
