@@ -267,6 +267,7 @@ TEST_F(Allocator, PoisonedBlocksAreNeverReusedEarlyByOpsWaitedOnOtherStreams) {
   std::vector<Stream> readers{Stream::create(cpu), Stream::create(cpu), Stream::create(cpu)};
   std::atomic<int> corrupt{0}, checked{0};
   const Tensor x = from_vector(std::vector<float>(1024, 1.f), {1024}, cpu);
+  current_stream(cpu).synchronize();  // x is read on `producer` as a plain Tensor: upload it first
   for (int round = 0; round < 100; ++round) {
     const float value = static_cast<float>(round + 2);
     {

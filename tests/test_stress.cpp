@@ -45,6 +45,7 @@ TEST_P(Stress, ManyThreadsBuildAndWaitOverlappingGraphsOnSeveralStreams) {
   const Tensor x = from_vector(random_values(16 * 16, 1), {16, 16}, dev_);
   const Tensor w = from_vector(random_values(16 * 16, 2), {16, 16}, dev_);
   const Tensor g = from_vector(random_values(16, 3, 0.5f, 1.5f), {16}, dev_);
+  current_stream(dev_).synchronize();  // read on other streams as plain Tensors: upload them first
   auto make = [&](int v, const TensorAwait& shared) -> TensorAwait {
     switch (v % 4) {
       case 0: return sum(gelu(TensorAwait(x) * 0.5f + shared), 1);
@@ -117,6 +118,7 @@ TEST_P(Stress, ManyThreadsBuildAndWaitOverlappingGraphsOnSeveralStreams) {
 TEST_P(Stress, ConcurrentFirstWaitsOfOneDeepGraphRunEachNodeOnce) {
   for (int round = 0; round < rounds(); ++round) {
     const Tensor x = from_vector(random_values(256, static_cast<unsigned>(round) + 10), {256}, dev_);
+    current_stream(dev_).synchronize();
     TensorAwait y = x;
     for (int i = 0; i < 50; ++i) y = (i % 2 ? tanh(y) : y * 1.01f + 0.1f);
     std::vector<float> want;
