@@ -270,6 +270,7 @@ bool build_program(FusionGroup& group, const FusionPlan& plan) {
 
 std::vector<Tensor> launch_fused(const FusedKernel& kernel, const std::vector<const Tensor*>& inputs,
                                  StreamImpl& stream, const char* reason) {
+  check_injected_launch_fault("fused");  // tests: runtime/fault_injection.hpp
   std::vector<const float*> in;
   in.reserve(inputs.size());
   for (const Tensor* t : inputs) in.push_back(static_cast<const float*>(t->data_ptr()));
@@ -314,7 +315,6 @@ void launch_group(FusionGroup& group, StreamImpl& wait_stream, const char* reaso
       settle(*s, &stream);
       in.push_back(&s->value());
     }
-    check_injected_launch_fault("fused");  // tests: runtime/fault_injection.hpp
     outputs = launch_fused(group.kernel, in, stream, reason);
     done = Completion{stream.device(), stream.id(), stream.record()};
   } catch (...) {

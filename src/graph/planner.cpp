@@ -3,6 +3,7 @@
 // Each shared subexpression runs once, nothing that the waited node does not need runs at all.
 #include <algorithm>
 #include <atomic>
+#include <memory>
 #include <cstdlib>
 #include <stdexcept>
 #include <string_view>
@@ -21,8 +22,11 @@ namespace {
 
 struct Pending {
   std::vector<OpNode*> order;  // pending nodes, inputs before consumers, the root last
-  std::vector<AwaitStateBase*> leaves;  // pending non-op inputs (awaitables): run them first
-  AwaitStateBase* busy = nullptr;       // a state another thread is running
+  // Per node of `order`: a reference that keeps it alive while we block on it (null for the roots,
+  // which the caller holds). Another thread's run may release the last other reference.
+  std::vector<std::shared_ptr<AwaitStateBase>> owners;
+  std::vector<AwaitStateBase*> leaves;        // pending non-op inputs (awaitables): run them first
+  std::shared_ptr<AwaitStateBase> busy;       // a state another thread is running
 };
 
 // Iterative post-order walk of the pending nodes under the roots (deep graphs must not recurse).
@@ -34,27 +38,31 @@ Pending collect(const std::vector<OpNode*>& roots) {
   struct Frame {
     OpNode* node;
     std::size_t next;
+    std::shared_ptr<AwaitStateBase> owner;
   };
   std::vector<Frame> stack;
   for (OpNode* root : roots) {
     if (!seen.insert(root).second) continue;
-    stack.push_back({root, 0});
+    stack.push_back({root, 0, nullptr});
     while (!stack.empty()) {
       Frame& f = stack.back();
       if (f.next == f.node->inputs().size()) {
         p.order.push_back(f.node);
+        p.owners.push_back(std::move(f.owner));
         stack.pop_back();
         continue;
       }
+      // An op node's deps are its inputs, in order: the dep is the owning reference.
+      const std::shared_ptr<AwaitStateBase>& dep = f.node->deps()[f.next].state;
       AwaitStateBase* in = f.node->inputs()[f.next++];
       if (!seen.insert(in).second) continue;
       const AwaitStatus status = in->status();
       if (status == AwaitStatus::ready || status == AwaitStatus::failed) continue;
       if (status == AwaitStatus::running && !claimed.count(in)) {
-        p.busy = in;
+        p.busy = dep;
         return p;
       }
-      if (OpNode* n = as_node(in)) stack.push_back({n, 0});
+      if (OpNode* n = as_node(in)) stack.push_back({n, 0, dep});
       else p.leaves.push_back(in);
     }
   }
@@ -98,16 +106,22 @@ void plan_and_launch(const std::vector<OpNode*>& roots, StreamImpl& stream) {
     // Claim every node but the roots, inputs first. If one was claimed by another thread
     // meanwhile, give ours back, wait for it, and plan again.
     std::vector<OpNode*> claimed;
-    OpNode* lost = nullptr;
-    for (OpNode* n : plan.order) {
+    std::shared_ptr<AwaitStateBase> lost;
+    for (std::size_t i = 0; i < plan.order.size(); ++i) {
+      OpNode* n = plan.order[i];
       if (is_root.count(n)) continue;
       if (!n->try_claim()) {
-        lost = n;
+        lost = plan.owners[i];
         break;
       }
       claimed.push_back(n);
     }
-    if (!lost) break;
+    if (!lost) {
+      // Everything is claimed (kept alive by its consumers, up to the roots the caller holds). Drop
+      // the extra references: fusion and replay read reference counts to tell who else holds a node.
+      plan.owners.clear();
+      break;
+    }
     for (OpNode* n : claimed) n->unclaim();
     lost->block_until_done();
   }
