@@ -12,6 +12,7 @@
 #include <defer/defer.hpp>
 
 #include "graph/replay.hpp"
+#include "runtime/fault_injection.hpp"
 #include "reference.hpp"
 #include "test_util.hpp"
 
@@ -197,6 +198,24 @@ TEST_P(Replay, CacheIsBoundedLeastRecentlyUsedFirst) {
   wait(step(static_cast<int>(detail::kMaxReplayPlans)));
   wait(step(static_cast<int>(detail::kMaxReplayPlans)));
   EXPECT_EQ(stats().graph_launches, 2u) << "recent structures stay cached";
+}
+
+TEST_P(Replay, APlanWhoseReplayKeepsFailingRunsNormallyAndCorrectly) {
+  const Tensor x = input({32}, 24);
+  auto step = [&] { return relu(x * 3.f) - x; };
+  const auto expected = to_vector(wait(step()));
+  wait(step());  // cached with a plan and replayed once
+  for (int i = 0; i < 3; ++i) {
+    detail::fail_launch_after(1);  // the replay's capture fails; the normal path then runs clean
+    reset_stats();
+    EXPECT_EQ(to_vector(wait(step())), expected) << "a failed replay falls back to the normal path";
+    EXPECT_EQ(stats().graph_launches, 0u);
+  }
+  detail::fail_launch_after(0);
+  reset_stats();
+  EXPECT_EQ(to_vector(wait(step())), expected);
+  EXPECT_EQ(stats().graph_launches, 0u) << "after three failures in a row the plan is not captured again";
+  EXPECT_EQ(stats().kernel_launches, 1u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, Replay, ::testing::Values(DeviceKind::cpu, DeviceKind::cuda),

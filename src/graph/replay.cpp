@@ -37,11 +37,16 @@ struct Step {
   std::vector<Ref> inputs;
 };
 
+// A plan whose capture failed this many times in a row is not tried again: it runs the normal way
+// (a failure is usually an error the normal path reports anyway, or a capture CUDA refuses).
+constexpr int kMaxReplayFailures = 3;
+
 struct ReplayPlan {
   std::vector<Step> steps;
   std::vector<bool> published;  // per node: gets a tensor (else a fused member nobody holds)
   std::mutex busy;              // one replay at a time: a CUDA executable graph is not thread-safe
   GraphExec exec;
+  int failures = 0;  // consecutive failed replays (under `busy`)
 };
 
 // The structure of a claimed plan, and the external inputs in the order the key numbers them.
@@ -253,9 +258,14 @@ std::optional<std::vector<Tensor>> launch_replay(ReplayPlan& plan, const Signatu
     if (launch_log_enabled())
       std::fprintf(stderr, "defer: graph launch of %zu kernel(s) for %zu op(s) on %s stream %llu (%s)\n", kernels, nodes,
                    stream.device().str().c_str(), static_cast<unsigned long long>(stream.id()), reason);
-  } catch (...) {
+  } catch (const std::exception& e) {
+    ++plan.failures;
+    if (launch_log_enabled())
+      std::fprintf(stderr, "defer: replay failed (%d time(s) in a row), running the plan normally: %s\n", plan.failures,
+                   e.what());
     return std::nullopt;  // the normal path runs the plan and reports the error per node
   }
+  plan.failures = 0;
   return values;
 }
 
@@ -282,7 +292,7 @@ bool try_replay(const std::vector<OpNode*>& order, StreamImpl& wait_stream, cons
     PlanCache::global().store(sig->key, plan);
   }
   std::unique_lock busy(plan->busy, std::try_to_lock);
-  if (!busy.owns_lock()) return false;
+  if (!busy.owns_lock() || plan->failures >= kMaxReplayFailures) return false;
   std::optional<std::vector<Tensor>> values = launch_replay(*plan, *sig, order.size(), stream, reason);
   if (!values) return false;
   busy.unlock();

@@ -1,6 +1,6 @@
 #pragma once
 // Launch-failure injection for tests. The runtime calls check_injected_launch_fault() at each of its
-// kernel launch points (executor.cpp: launch_op; fusion_planner.cpp: launch_group) right before a
+// kernel launch points (executor.cpp: launch_op; fusion_planner.cpp: launch_fused) right before a
 // kernel is queued. When armed with fail_launch_after(k), the k-th such call from then on throws
 // defer::DeviceError naming the op, exactly as a failed device launch would, and the injection
 // disarms itself. Unarmed, the check is one relaxed atomic load.
