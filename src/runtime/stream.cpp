@@ -69,8 +69,8 @@ DefaultStreams& default_streams() {
 const std::shared_ptr<StreamImpl>& default_stream_impl(Device d) {
   DefaultStreams& all = default_streams();
   const std::size_t i = slot(d);
-  if (all.ready[i].load(std::memory_order_acquire)) return all.streams[i];
-  require_available(d);  // the CPU always is
+  if (i < all.streams.size() && all.ready[i].load(std::memory_order_acquire)) return all.streams[i];
+  require_available(d);  // throws for a device without a slot; the CPU always is available
 #ifdef DEFER_HAVE_CUDA
   std::lock_guard lock(all.mutex);
   if (!all.streams[i]) all.streams[i] = std::make_shared<CudaStream>(d.index(), /*owned=*/false);
