@@ -264,6 +264,9 @@ std::optional<std::vector<Tensor>> launch_replay(ReplayPlan& plan, const Signatu
       std::fprintf(stderr, "defer: replay failed (%d time(s) in a row), running the plan normally: %s\n", plan.failures,
                    e.what());
     return std::nullopt;  // the normal path runs the plan and reports the error per node
+  } catch (...) {
+    ++plan.failures;
+    return std::nullopt;
   }
   plan.failures = 0;
   return values;
