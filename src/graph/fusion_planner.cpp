@@ -36,18 +36,29 @@ struct GroupBudget {  // what a group uses of the fused-kernel caps
 
 }  // namespace
 
-FusionPlan plan_fusion(const std::vector<OpNode*>& order) {
-  const std::size_t n = order.size();
-  FusionPlan plan;
-  plan.group_of.assign(n, -1);
-  std::unordered_map<const AwaitStateBase*, std::size_t> index;
-  for (std::size_t i = 0; i < n; ++i) index.emplace(order[i], i);
+NodeIndex index_of(const std::vector<OpNode*>& order) {
+  NodeIndex index;
+  for (std::size_t i = 0; i < order.size(); ++i) index.emplace(order[i], i);
+  return index;
+}
 
-  // Output shapes of every node; a failed or undefined input, or an invalid op, means no fusion.
+PlanRefs plan_refs(const std::vector<OpNode*>& order, const NodeIndex& index) {
+  PlanRefs refs{std::vector<long>(order.size(), 0), std::vector<long>(order.size(), 0)};
+  for (const OpNode* node : order)
+    for (const auto& dep : node->deps()) {
+      auto it = index.find(dep.state.get());
+      if (it == index.end()) continue;
+      ++refs.internal[it->second];
+      refs.total[it->second] = dep.state.use_count();
+    }
+  return refs;
+}
+
+std::optional<std::vector<TensorMeta>> plan_meta(const std::vector<OpNode*>& order, const NodeIndex& index) {
   std::vector<TensorMeta> meta;
-  meta.reserve(n);
+  meta.reserve(order.size());
   try {
-    for (OpNode* node : order) {
+    for (const OpNode* node : order) {
       std::vector<TensorMeta> in;
       for (AwaitState<Tensor>* s : node->inputs()) {
         auto it = index.find(s);
@@ -55,30 +66,29 @@ FusionPlan plan_fusion(const std::vector<OpNode*>& order) {
           in.push_back(meta[it->second]);
           continue;
         }
-        if (s->status() != AwaitStatus::ready || !s->value().defined()) return plan;
+        if (s->status() != AwaitStatus::ready || !s->value().defined()) return std::nullopt;
         const Tensor& t = s->value();
         in.push_back(TensorMeta{t.shape(), t.dtype(), t.device()});
       }
       meta.push_back(infer_meta(node->spec(), in));
-      plan.shapes.emplace(node, meta.back().shape);
     }
   } catch (...) {
-    return plan;
+    return std::nullopt;
   }
+  return meta;
+}
 
-  // References held from inside the plan, to tell which nodes someone else may still wait.
-  std::vector<long> internal_refs(n, 0), use_count(n, 0);
-  for (OpNode* node : order)
-    for (const auto& dep : node->deps()) {
-      auto it = index.find(dep.state.get());
-      if (it == index.end()) continue;
-      ++internal_refs[it->second];
-      use_count[it->second] = dep.state.use_count();
-    }
+FusionPlan plan_fusion(const std::vector<OpNode*>& order) {
+  const std::size_t n = order.size();
+  FusionPlan plan;
+  plan.group_of.assign(n, -1);
+  const NodeIndex index = index_of(order);
+  const std::optional<std::vector<TensorMeta>> metas = plan_meta(order, index);
+  if (!metas) return plan;  // nothing fused: the per-node path reports the error where it belongs
+  const std::vector<TensorMeta>& meta = *metas;
+  for (std::size_t i = 0; i < n; ++i) plan.shapes.emplace(order[i], meta[i].shape);
 
-  // Held outside the plan: the waited roots (no consumer in the plan) and nodes with more
-  // references than the plan's own edges.
-  auto held = [&](std::size_t i) { return internal_refs[i] == 0 || use_count[i] > internal_refs[i]; };
+  const PlanRefs refs = plan_refs(order, index);
   std::vector<bool> closed;
   std::vector<GroupBudget> budget;
   for (std::size_t i = 0; i < n; ++i) {
@@ -99,7 +109,7 @@ FusionPlan plan_fusion(const std::vector<OpNode*>& order) {
       const std::size_t j = pending[0];
       const int g = plan.group_of[j];
       if (g >= 0 && !closed[static_cast<std::size_t>(g)] && plan.groups[static_cast<std::size_t>(g)].members.back() == order[j] &&
-          !held(j) && internal_refs[j] == 1 && budget[static_cast<std::size_t>(g)].held == 0 && numel_of(meta[j].shape) > 0 &&
+          !refs.held(j) && refs.internal[j] == 1 && budget[static_cast<std::size_t>(g)].held == 0 && numel_of(meta[j].shape) > 0 &&
           budget[static_cast<std::size_t>(g)].instructions < kernels::kMaxFusedInstructions) {
         FusionGroup& group = plan.groups[static_cast<std::size_t>(g)];
         group.members.push_back(node);
@@ -125,7 +135,7 @@ FusionPlan plan_fusion(const std::vector<OpNode*>& order) {
       GroupBudget c = b;
       ++c.instructions;
       if (node->spec().kind == OpKind::binary_scalar) ++c.scalars;
-      if (held(i)) ++c.held;
+      if (refs.held(i)) ++c.held;
       for (AwaitState<Tensor>* s : node->inputs()) {
         auto it = index.find(s);
         if (it != index.end() && plan.group_of[it->second] == target) continue;
@@ -142,7 +152,7 @@ FusionPlan plan_fusion(const std::vector<OpNode*>& order) {
     if (join) {
       after = cost(budget[static_cast<std::size_t>(g)], g);
       // The node may end the group, and a group's last member is always an output.
-      const int outputs = after.held + (held(i) ? 0 : 1);
+      const int outputs = after.held + (refs.held(i) ? 0 : 1);
       join = after.instructions <= kernels::kMaxFusedInstructions && after.inputs <= kernels::kMaxFusedInputs &&
              after.scalars <= kernels::kMaxFusedScalars && outputs <= kernels::kMaxFusedOutputs;
     }
@@ -164,7 +174,7 @@ FusionPlan plan_fusion(const std::vector<OpNode*>& order) {
   // somebody outside the plan still holds (they may be waited later and must give this tensor).
   std::vector<bool> materialize(n, false);
   for (std::size_t i = 0; i < n; ++i) {
-    if (held(i)) materialize[i] = true;
+    if (refs.held(i)) materialize[i] = true;
     for (AwaitState<Tensor>* s : order[i]->inputs()) {
       auto it = index.find(s);
       if (it != index.end() && plan.group_of[it->second] >= 0 && plan.group_of[it->second] != plan.group_of[i])

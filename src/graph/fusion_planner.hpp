@@ -3,6 +3,7 @@
 // which of them are materialized (their tensor is written), and the FusedProgram that computes them.
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <unordered_map>
 #include <vector>
 
@@ -41,6 +42,23 @@ struct FusionPlan {
   // The output shape of every node of the plan: groups are built before the nodes they read ran.
   std::unordered_map<const AwaitStateBase*, Shape> shapes;
 };
+
+// Positions of the nodes of a plan's order.
+using NodeIndex = std::unordered_map<const AwaitStateBase*, std::size_t>;
+NodeIndex index_of(const std::vector<OpNode*>& order);
+
+// How many references to each node of a plan its own edges hold, against all there are: a node
+// somebody outside the plan holds (a waited root, or one with more references than the plan's
+// edges) may still be waited, so fusion must write its tensor.
+struct PlanRefs {
+  std::vector<long> internal, total;
+  bool held(std::size_t i) const { return internal[i] == 0 || total[i] > internal[i]; }
+};
+PlanRefs plan_refs(const std::vector<OpNode*>& order, const NodeIndex& index);
+
+// The output of every node of `order` (topological, inputs outside it done), or nullopt when one
+// cannot be inferred: a failed or undefined input, or an invalid op (the per-node path reports it).
+std::optional<std::vector<TensorMeta>> plan_meta(const std::vector<OpNode*>& order, const NodeIndex& index);
 
 // Groups the element-wise nodes of `order` (topological, all claimed, every input done or in
 // `order`). A node joins the group of its pending inputs when they all belong to one open group of

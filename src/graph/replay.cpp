@@ -53,7 +53,7 @@ struct ReplayPlan {
 struct Signature {
   std::string key;
   std::vector<AwaitState<Tensor>*> external;
-  std::unordered_map<const AwaitStateBase*, std::size_t> node_index;
+  NodeIndex node_index;
   std::unordered_map<const AwaitStateBase*, std::uint32_t> external_index;
 };
 
@@ -72,8 +72,7 @@ std::optional<Signature> signature(const std::vector<OpNode*>& order, Device dev
   append(sig.key, device.is_cuda());
   append(sig.key, device.index());
   append(sig.key, fusion_enabled());
-  for (std::size_t i = 0; i < order.size(); ++i) sig.node_index.emplace(order[i], i);
-  std::vector<long> internal_refs(order.size(), 0), use_count(order.size(), 0);
+  sig.node_index = index_of(order);
   for (const OpNode* node : order) {
     const OpSpec& spec = node->spec();
     if (spec.kind == OpKind::to_device) return std::nullopt;  // copies order themselves across streams
@@ -104,40 +103,18 @@ std::optional<Signature> signature(const std::vector<OpNode*>& order, Device dev
       append(sig.key, static_cast<std::uint32_t>(t.shape().size()));
       for (std::int64_t extent : t.shape()) append(sig.key, extent);
     }
-    for (const auto& dep : node->deps()) {
-      auto n = sig.node_index.find(dep.state.get());
-      if (n == sig.node_index.end()) continue;
-      ++internal_refs[n->second];
-      use_count[n->second] = dep.state.use_count();
-    }
   }
-  // Which nodes somebody outside the plan holds (the same rule as plan_fusion): they are outputs.
-  for (std::size_t i = 0; i < order.size(); ++i)
-    append(sig.key, internal_refs[i] == 0 || use_count[i] > internal_refs[i]);
+  // Which nodes somebody outside the plan holds: fusion writes them.
+  const PlanRefs refs = plan_refs(order, sig.node_index);
+  for (std::size_t i = 0; i < order.size(); ++i) append(sig.key, refs.held(i));
   return sig;
 }
 
 // Plans `order` once more, the normal way, and records the launches as steps.
 std::shared_ptr<ReplayPlan> build_plan(const std::vector<OpNode*>& order, const Signature& sig) {
+  const std::optional<std::vector<TensorMeta>> meta = plan_meta(order, sig.node_index);
+  if (!meta) return nullptr;  // an invalid op: the normal path reports it where it belongs
   auto plan = std::make_shared<ReplayPlan>();
-  std::vector<TensorMeta> meta;
-  try {
-    for (const OpNode* node : order) {
-      std::vector<TensorMeta> in;
-      for (AwaitState<Tensor>* s : node->inputs()) {
-        auto n = sig.node_index.find(s);
-        if (n != sig.node_index.end()) {
-          in.push_back(meta[n->second]);
-        } else {
-          const Tensor& t = s->value();
-          in.push_back(TensorMeta{t.shape(), t.dtype(), t.device()});
-        }
-      }
-      meta.push_back(infer_meta(node->spec(), in));
-    }
-  } catch (...) {
-    return nullptr;  // an invalid op: the normal path reports it where it belongs
-  }
   auto ref = [&](const AwaitStateBase* s) {
     auto n = sig.node_index.find(s);
     if (n != sig.node_index.end()) return Ref{false, static_cast<std::uint32_t>(n->second)};
@@ -155,7 +132,7 @@ std::shared_ptr<ReplayPlan> build_plan(const std::vector<OpNode*>& order, const 
     if (g < 0) {
       step.node = i;
       step.spec = order[i]->spec();
-      step.out = meta[i];
+      step.out = (*meta)[i];
       for (AwaitState<Tensor>* s : order[i]->inputs()) step.inputs.push_back(ref(s));
     } else {
       const FusionGroup& group = fusion.groups[static_cast<std::size_t>(g)];
