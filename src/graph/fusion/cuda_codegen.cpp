@@ -324,6 +324,30 @@ class SourceWriter {
       line(indent + "a.out[" + std::to_string(k) + "][" + index + "] = y[" + std::to_string(k) + "];");
   }
 
+  // Declares o0, o1, ... : the offsets of the strided inputs at the domain's flat row-major element
+  // `flat`, peeling one coordinate per dim off it (innermost first), in Index arithmetic; every
+  // line starts with `in`.
+  void strided_offsets(const std::string& flat, const std::string& in) {
+    line(in + "Index rest = static_cast<Index>(" + flat + ");");
+    for (int j = 0; j < shape_.strided; ++j) line(in + "Index o" + str(j) + " = 0;");
+    for (int d = shape_.ndim - 1; d >= 0; --d) {
+      const std::string dd = str(d);
+      std::string coord = "rest";
+      if (d > 0) {
+        line(in + "{");
+        line(in + "  const Index extent = static_cast<Index>(a.shape[" + dd + "]);");
+        line(in + "  const Index quotient = rest / extent;");
+        line(in + "  const Index c = rest - quotient * extent;");
+        line(in + "  rest = quotient;");
+        coord = "c";
+      }
+      const std::string indent = d > 0 ? in + "  " : in;
+      for (int j = 0; j < shape_.strided; ++j)
+        line(indent + "o" + str(j) + " += " + coord + " * static_cast<Index>(a.stride[" + str(j) + "][" + dd + "]);");
+      if (d > 0) line(in + "}");
+    }
+  }
+
   // Elements in [first, n) by a grid stride, reading strided inputs at offsets computed from the
   // row-major multi-index, in Index arithmetic (32-bit when the host proved every offset fits: a
   // 64-bit division costs several times a 32-bit one).
@@ -332,24 +356,7 @@ class SourceWriter {
     line("__device__ __forceinline__ void defer_strided(const Args& a, long long first, long long step) {");
     uniform_loads("  ");
     line("  for (long long i = first; i < a.n; i += step) {");
-    line("    Index rest = static_cast<Index>(i);");
-    for (int j = 0; j < shape_.strided; ++j) line("    Index o" + str(j) + " = 0;");
-    for (int d = shape_.ndim - 1; d >= 0; --d) {
-      const std::string dd = str(d);
-      std::string coord = "rest";
-      if (d > 0) {
-        line("    {");
-        line("      const Index extent = static_cast<Index>(a.shape[" + dd + "]);");
-        line("      const Index quotient = rest / extent;");
-        line("      const Index c = rest - quotient * extent;");
-        line("      rest = quotient;");
-        coord = "c";
-      }
-      const std::string indent = d > 0 ? "      " : "    ";
-      for (int j = 0; j < shape_.strided; ++j)
-        line(indent + "o" + str(j) + " += " + coord + " * static_cast<Index>(a.stride[" + str(j) + "][" + dd + "]);");
-      if (d > 0) line("    }");
-    }
+    strided_offsets("i", "    ");
     line("    const float x[" + str(std::max(1, shape_.inputs)) + "] = " + x_init("i", true) + ";");
     line("    float y[" + str(shape_.outputs) + "];");
     line("    defer_body(a, x, y);");
@@ -462,26 +469,7 @@ class SourceWriter {
   void value_function() {
     line("template <class Index>");
     line("__device__ __forceinline__ float defer_value(const Args& a, const float* u, long long e) {");
-    if (shape_.strided > 0) {
-      line("  Index rest = static_cast<Index>(e);");
-      for (int j = 0; j < shape_.strided; ++j) line("  Index o" + str(j) + " = 0;");
-      for (int d = shape_.ndim - 1; d >= 0; --d) {
-        const std::string dd = str(d);
-        std::string coord = "rest";
-        if (d > 0) {
-          line("  {");
-          line("    const Index extent = static_cast<Index>(a.shape[" + dd + "]);");
-          line("    const Index quotient = rest / extent;");
-          line("    const Index c = rest - quotient * extent;");
-          line("    rest = quotient;");
-          coord = "c";
-        }
-        const std::string indent = d > 0 ? "    " : "  ";
-        for (int j = 0; j < shape_.strided; ++j)
-          line(indent + "o" + str(j) + " += " + coord + " * static_cast<Index>(a.stride[" + str(j) + "][" + dd + "]);");
-        if (d > 0) line("  }");
-      }
-    }
+    if (shape_.strided > 0) strided_offsets("e", "  ");
     line("  const float x[" + str(std::max(1, shape_.inputs)) + "] = " + reduce_x_init() + ";");
     line("  float y[1];");
     line("  defer_body(a, x, y);");
