@@ -229,6 +229,19 @@ class StepTimer {
 #endif
 };
 
+// Runs the benchmark's timed loop, one `step` per iteration timed by `timer` (manual time);
+// returns the total of the step times.
+template <class Step>
+double run_timed(benchmark::State& state, StepTimer& timer, const Step& step) {
+  double seconds = 0;
+  for (auto _ : state) {
+    const double t = timer.seconds(step);
+    state.SetIterationTime(t);
+    seconds += t;
+  }
+  return seconds;
+}
+
 // One case: `build` returns the Await to complete; each step builds, waits and synchronizes.
 template <class Build>
 void run_case(benchmark::State& state, const std::string& key, Variant v, const Build& build, std::int64_t bytes,
@@ -245,15 +258,10 @@ void run_case(benchmark::State& state, const std::string& key, Variant v, const 
   }
   const defer::Stats before = defer::stats();
   StepTimer timer(stream);
-  double seconds = 0;
-  for (auto _ : state) {
-    const double t = timer.seconds([&] {
-      TensorAwait result = build();
-      benchmark::DoNotOptimize(defer::wait(result).data_ptr());
-    });
-    state.SetIterationTime(t);
-    seconds += t;
-  }
+  const double seconds = run_timed(state, timer, [&] {
+    TensorAwait result = build();
+    benchmark::DoNotOptimize(defer::wait(result).data_ptr());
+  });
   const defer::Stats after = defer::stats();
   const auto steps = static_cast<double>(state.iterations());
   const double launches = static_cast<double>(after.kernel_launches - before.kernel_launches) / steps;
@@ -336,15 +344,10 @@ void register_device_copy(const std::string& key, std::int64_t n) {
                                  const defer::Stream stream = defer::current_stream(dev);
                                  const auto s = static_cast<cudaStream_t>(stream.impl().native_handle());
                                  StepTimer timer(stream);
-                                 double seconds = 0;
-                                 for (auto _ : state) {
-                                   const double t = timer.seconds([&] {
-                                     cudaMemcpyAsync(dst.data_ptr(), src.data_ptr(), static_cast<std::size_t>(bytes / 2),
-                                                     cudaMemcpyDeviceToDevice, s);
-                                   });
-                                   state.SetIterationTime(t);
-                                   seconds += t;
-                                 }
+                                 const double seconds = run_timed(state, timer, [&] {
+                                   cudaMemcpyAsync(dst.data_ptr(), src.data_ptr(), static_cast<std::size_t>(bytes / 2),
+                                                   cudaMemcpyDeviceToDevice, s);
+                                 });
                                  const auto steps = static_cast<double>(state.iterations());
                                  state.SetBytesProcessed(state.iterations() * bytes);
                                  measured()[key] = Measured{seconds / steps, static_cast<double>(bytes) * steps / seconds, 0};
