@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "graph_lang.hpp"
+#include "reference.hpp"
 
 namespace defer::testing {
 
@@ -49,7 +50,7 @@ inline Bounded rounded(double r, double err, double ulps) {
   return b;
 }
 
-inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+using ref::sigmoid;
 
 inline Bounded unary(lang::Unary op, Bounded a) {
   using lang::Unary;
@@ -104,19 +105,9 @@ inline Bounded binary(lang::Binary op, Bounded a, Bounded b) {
   return kUnreliable;
 }
 
-inline int64_t numel(const Shape& s) {
-  int64_t n = 1;
-  for (int64_t e : s) n *= e;
-  return n;
-}
-
-// Offset into an input of shape `in` read by output multi-index `idx` of shape `out` (broadcasting).
-inline int64_t broadcast_offset(const Shape& in, const Shape& out, const Shape& idx) {
-  int64_t off = 0;
-  const std::size_t lead = out.size() - in.size();
-  for (std::size_t d = 0; d < in.size(); ++d) off = off * in[d] + (in[d] == 1 ? 0 : idx[d + lead]);
-  return off;
-}
+// Shapes and broadcasting index the same way as the plain float64 reference.
+using ref::broadcast_offset;
+using ref::numel;
 
 struct Axis {
   int64_t outer = 1, n = 1, inner = 1;
