@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "cpu/ops.hpp"
+#include "reference.hpp"
 
 namespace defer::kernels::cpu::detail {
 // Testing hook defined in kernels/cpu/matmul.cpp (not part of ops.hpp).
@@ -131,8 +132,6 @@ constexpr UnaryOp kUnaryOps[] = {UnaryOp::neg,     UnaryOp::abs,  UnaryOp::exp, 
 constexpr BinaryOp kBinaryOps[] = {BinaryOp::add, BinaryOp::sub,     BinaryOp::mul,
                                    BinaryOp::div, BinaryOp::maximum, BinaryOp::minimum};
 
-double ref_sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
-
 double ref_unary(UnaryOp op, double x) {
   switch (op) {
     case UnaryOp::neg: return -x;
@@ -141,15 +140,15 @@ double ref_unary(UnaryOp op, double x) {
     case UnaryOp::log: return std::log(x);
     case UnaryOp::sqrt: return std::sqrt(x);
     case UnaryOp::tanh: return std::tanh(x);
-    case UnaryOp::sigmoid: return ref_sigmoid(x);
+    case UnaryOp::sigmoid: return defer::testing::ref::sigmoid(x);
     case UnaryOp::relu: return x < 0.0 ? 0.0 : x;
-    case UnaryOp::silu: return x * ref_sigmoid(x);
+    case UnaryOp::silu: return x * defer::testing::ref::sigmoid(x);
     // x Phi(x); erfc rather than 1 + erf, which cancels (even in double) for x below about -6
     case UnaryOp::gelu: return 0.5 * x * std::erfc(-x / std::sqrt(2.0));
     // 0.5 x (1 + tanh(u)) = x sigmoid(2u), the form that does not cancel for negative x
     case UnaryOp::gelu_tanh: {
       const double u = std::sqrt(2.0 / std::numbers::pi) * (x + 0.044715 * x * x * x);
-      return x * ref_sigmoid(2.0 * u);
+      return x * defer::testing::ref::sigmoid(2.0 * u);
     }
   }
   return kDNaN;
@@ -351,12 +350,6 @@ Broadcast make_broadcast(const std::vector<i64>& out, const std::vector<i64>& a,
   return bc;
 }
 
-i64 product(const std::vector<i64>& v) {
-  i64 p = 1;
-  for (i64 d : v) p *= d;
-  return p;
-}
-
 // The largest element offset input s reads, plus one (the input's size).
 i64 extent(const Broadcast& bc, int s) {
   i64 e = 1;
@@ -431,7 +424,7 @@ TEST(KernelsCpuBinary, BroadcastPatterns) {
   for (const Case& c : cases) {
     std::vector<i64> out(c.a.size());
     for (std::size_t d = 0; d < out.size(); ++d) out[d] = std::max(c.a[d], c.b[d]);
-    if (product(c.a) == 0 || product(c.b) == 0)
+    if (defer::testing::ref::numel(c.a) == 0 || defer::testing::ref::numel(c.b) == 0)
       for (std::size_t d = 0; d < out.size(); ++d)
         if (c.a[d] == 0 || c.b[d] == 0) out[d] = 0;
     const Broadcast bc = make_broadcast(out, c.a, c.b);
@@ -680,21 +673,8 @@ void check_layer_norm(const std::vector<float>& x, const std::vector<float>& gam
                       i64 rows, i64 cols, float eps, const std::string& ctx) {
   Out out(rows * cols);
   cpu::layer_norm(x.data(), gamma.data(), beta.data(), out.data(), rows, cols, eps);
-  std::vector<double> want(x.size());
-  for (i64 r = 0; r < rows; ++r) {
-    double mean = 0, var = 0;
-    for (i64 c = 0; c < cols; ++c) mean += x[static_cast<std::size_t>(r * cols + c)];
-    mean /= static_cast<double>(cols);
-    for (i64 c = 0; c < cols; ++c) {
-      const double d = x[static_cast<std::size_t>(r * cols + c)] - mean;
-      var += d * d;
-    }
-    var /= static_cast<double>(cols);
-    for (i64 c = 0; c < cols; ++c) {
-      const auto k = static_cast<std::size_t>(r * cols + c);
-      want[k] = (x[k] - mean) / std::sqrt(var + eps) * gamma[static_cast<std::size_t>(c)] + beta[static_cast<std::size_t>(c)];
-    }
-  }
+  namespace ref = defer::testing::ref;
+  const std::vector<double> want = ref::layer_norm(ref::widen(x), ref::widen(gamma), ref::widen(beta), cols, eps);
   expect_close(ctx, want, out, [&](i64 i) {
     const auto c = static_cast<std::size_t>(i % cols);
     return 1e-4 * std::fabs(want[static_cast<std::size_t>(i)]) + 1e-6 * (std::fabs(gamma[c]) + std::fabs(beta[c]));
