@@ -52,6 +52,7 @@ struct ReplayPlan {
 // The structure of a claimed plan, and the external inputs in the order the key numbers them.
 struct Signature {
   std::string key;
+  Device device = Device::cpu();  // where every tensor the plan reads is
   std::vector<AwaitState<Tensor>*> external;
   NodeIndex node_index;
   std::unordered_map<const AwaitStateBase*, std::uint32_t> external_index;
@@ -65,13 +66,10 @@ void append(std::string& key, const T& v) {
 }
 
 // The plan's key, or nullopt when the plan cannot be replayed. Every tensor the plan reads must be
-// on `device`, so that the whole plan runs on one stream.
-std::optional<Signature> signature(const std::vector<OpNode*>& order, Device device) {
+// on one device (sig.device), so that the whole plan runs on one stream.
+std::optional<Signature> signature(const std::vector<OpNode*>& order) {
   Signature sig;
   sig.key.reserve(order.size() * 40);
-  append(sig.key, device.is_cuda());
-  append(sig.key, device.index());
-  append(sig.key, fusion_enabled());
   sig.node_index = index_of(order);
   for (const OpNode* node : order) {
     const OpSpec& spec = node->spec();
@@ -97,16 +95,22 @@ std::optional<Signature> signature(const std::vector<OpNode*>& order, Device dev
       if (!inserted) continue;
       if (in->status() != AwaitStatus::ready) return std::nullopt;  // a failed input: report it normally
       const Tensor& t = in->value();
-      if (!t.defined() || !(t.device() == device)) return std::nullopt;
+      if (!t.defined()) return std::nullopt;
+      if (sig.external.empty()) sig.device = t.device();
+      else if (!(t.device() == sig.device)) return std::nullopt;
       sig.external.push_back(in);
       append(sig.key, t.dtype());
       append(sig.key, static_cast<std::uint32_t>(t.shape().size()));
       for (std::int64_t extent : t.shape()) append(sig.key, extent);
     }
   }
+  if (sig.external.empty()) return std::nullopt;  // reads no tensor: nothing worth replaying
   // Which nodes somebody outside the plan holds: fusion writes them.
   const PlanRefs refs = plan_refs(order, sig.node_index);
   for (std::size_t i = 0; i < order.size(); ++i) append(sig.key, refs.held(i));
+  append(sig.key, sig.device.is_cuda());
+  append(sig.key, sig.device.index());
+  append(sig.key, fusion_enabled());
   return sig;
 }
 
@@ -253,16 +257,11 @@ std::optional<std::vector<Tensor>> launch_replay(ReplayPlan& plan, const Signatu
 
 bool try_replay(const std::vector<OpNode*>& order, StreamImpl& wait_stream, const char* reason) {
   if (!graphs_enabled() || mode() == Mode::eager || order.size() < 2) return false;
+  std::optional<Signature> sig = signature(order);
+  if (!sig) return false;
   // The plan runs where its tensors are: on the wait's stream when that is their device, else on
   // their device's current stream (as the normal path does, see stream_for).
-  const AwaitState<Tensor>* first_input = nullptr;
-  for (const OpNode* node : order)
-    for (const AwaitState<Tensor>* in : node->inputs())
-      if (first_input == nullptr && in->status() == AwaitStatus::ready && in->value().defined()) first_input = in;
-  if (first_input == nullptr) return false;
-  StreamImpl& stream = stream_for(first_input->value().device(), wait_stream);
-  std::optional<Signature> sig = signature(order, stream.device());
-  if (!sig) return false;
+  StreamImpl& stream = stream_for(sig->device, wait_stream);
   bool seen_before = false;
   std::shared_ptr<ReplayPlan> plan = PlanCache::global().find(sig->key, seen_before);
   if (!seen_before) return false;  // the first run plans normally (and compiles what it needs)
