@@ -21,50 +21,65 @@ namespace defer::detail {
 namespace {
 
 struct Pending {
-  std::vector<OpNode*> order;  // pending nodes, inputs before consumers, the root last
-  // Per node of `order`: a reference that keeps it alive while we block on it (null for the roots,
-  // which the caller holds). Another thread's run may release the last other reference.
-  std::vector<std::shared_ptr<AwaitStateBase>> owners;
-  std::vector<AwaitStateBase*> leaves;        // pending non-op inputs (awaitables): run them first
-  std::shared_ptr<AwaitStateBase> busy;       // a state another thread is running
+  std::vector<OpNode*> order;    // pending nodes, inputs before consumers, the root last; all claimed
+  std::vector<OpNode*> claimed;  // the nodes of `order` this walk claimed (the caller claimed the roots)
+  // Pending non-op inputs (awaitables): run them first. Owning references, taken from the deps of
+  // a node we held at the time: once we let go of our claims another thread may release the rest.
+  std::vector<std::shared_ptr<AwaitStateBase>> leaves;
+  std::shared_ptr<AwaitStateBase> busy;  // a state another thread is running (owning, as above)
+
+  void unclaim_all() noexcept {
+    for (OpNode* n : claimed) n->unclaim();
+    claimed.clear();
+  }
 };
 
-// Iterative post-order walk of the pending nodes under the roots (deep graphs must not recurse).
-// The roots are claimed by the caller: they are expanded wherever they are met, also as inputs.
+// Iterative post-order walk of the pending nodes under the roots (deep graphs must not recurse),
+// claiming each node before reading its inputs: a claimed node cannot be run and finished by
+// another thread, so its inputs and deps stay as they are while we read them. The roots are
+// claimed by the caller: they are expanded wherever they are met, also as inputs. Stops at the
+// first state another thread is running (busy); the caller then gives the claims back.
 Pending collect(const std::vector<OpNode*>& roots) {
   Pending p;
-  const std::unordered_set<const AwaitStateBase*> claimed(roots.begin(), roots.end());
+  const std::unordered_set<const AwaitStateBase*> is_root(roots.begin(), roots.end());
   std::unordered_set<AwaitStateBase*> seen;
   struct Frame {
-    OpNode* node;
+    OpNode* node;  // claimed: by the caller (a root) or by this walk
     std::size_t next;
-    std::shared_ptr<AwaitStateBase> owner;
   };
   std::vector<Frame> stack;
-  for (OpNode* root : roots) {
-    if (!seen.insert(root).second) continue;
-    stack.push_back({root, 0, nullptr});
-    while (!stack.empty()) {
-      Frame& f = stack.back();
-      if (f.next == f.node->inputs().size()) {
-        p.order.push_back(f.node);
-        p.owners.push_back(std::move(f.owner));
-        stack.pop_back();
-        continue;
+  try {
+    for (OpNode* root : roots) {
+      if (!seen.insert(root).second) continue;
+      stack.push_back({root, 0});
+      while (!stack.empty()) {
+        Frame& f = stack.back();
+        if (f.next == f.node->inputs().size()) {
+          p.order.push_back(f.node);
+          stack.pop_back();
+          continue;
+        }
+        // An op node's deps are its inputs, in order: the dep is the owning reference.
+        const std::shared_ptr<AwaitStateBase>& dep = f.node->deps()[f.next].state;
+        AwaitStateBase* in = f.node->inputs()[f.next++];
+        if (!seen.insert(in).second || in->done()) continue;
+        OpNode* n = as_node(in);
+        if (n != nullptr && (is_root.count(n) || n->try_claim())) {
+          if (!is_root.count(n)) p.claimed.push_back(n);
+          stack.push_back({n, 0});
+          continue;
+        }
+        if (in->done()) continue;  // finished by another thread just now
+        if (in->status() == AwaitStatus::running) {
+          p.busy = dep;
+          return p;
+        }
+        p.leaves.push_back(dep);  // a pending awaitable
       }
-      // An op node's deps are its inputs, in order: the dep is the owning reference.
-      const std::shared_ptr<AwaitStateBase>& dep = f.node->deps()[f.next].state;
-      AwaitStateBase* in = f.node->inputs()[f.next++];
-      if (!seen.insert(in).second) continue;
-      const AwaitStatus status = in->status();
-      if (status == AwaitStatus::ready || status == AwaitStatus::failed) continue;
-      if (status == AwaitStatus::running && !claimed.count(in)) {
-        p.busy = dep;
-        return p;
-      }
-      if (OpNode* n = as_node(in)) stack.push_back({n, 0, dep});
-      else p.leaves.push_back(in);
     }
+  } catch (...) {
+    p.unclaim_all();
+    throw;
   }
   return p;
 }
@@ -88,42 +103,20 @@ void plan_and_launch(OpNode& root, StreamImpl& stream) {
 void plan_and_launch(const std::vector<OpNode*>& roots, StreamImpl& stream) {
   // Why these kernels launch, for DEFER_LOG: an eager op's call, or a wait of a deferred graph.
   const char* reason = mode() == Mode::eager ? "eager op" : roots.size() > 1 ? "wait_all" : "wait";
-  const std::unordered_set<const OpNode*> is_root(roots.begin(), roots.end());
   Pending plan;
   for (;;) {
     plan = collect(roots);
+    if (!plan.busy && plan.leaves.empty()) break;  // every node claimed
+    // Hold nothing but the roots while other work runs, then look again.
+    plan.unclaim_all();
     if (plan.busy) {
-      // Another thread runs part of our graph: wait for it holding nothing but the roots, then look again.
+      // Another thread runs part of our graph: wait for it.
       if (plan.busy->runner() == std::this_thread::get_id())
         throw std::logic_error("wait: an op graph was waited from inside the fn of one of its own inputs");
       plan.busy->block_until_done();
       continue;
     }
-    if (!plan.leaves.empty()) {
-      for (AwaitStateBase* leaf : plan.leaves) drive(*leaf, stream);
-      continue;
-    }
-    // Claim every node but the roots, inputs first. If one was claimed by another thread
-    // meanwhile, give ours back, wait for it, and plan again.
-    std::vector<OpNode*> claimed;
-    std::shared_ptr<AwaitStateBase> lost;
-    for (std::size_t i = 0; i < plan.order.size(); ++i) {
-      OpNode* n = plan.order[i];
-      if (is_root.count(n)) continue;
-      if (!n->try_claim()) {
-        lost = plan.owners[i];
-        break;
-      }
-      claimed.push_back(n);
-    }
-    if (!lost) {
-      // Everything is claimed (kept alive by its consumers, up to the roots the caller holds). Drop
-      // the extra references: fusion and replay read reference counts to tell who else holds a node.
-      plan.owners.clear();
-      break;
-    }
-    for (OpNode* n : claimed) n->unclaim();
-    lost->block_until_done();
+    for (const auto& leaf : plan.leaves) drive(*leaf, stream);
   }
   // A structure waited before replays without planning, as one captured launch.
   if (try_replay(plan.order, stream, reason)) return;
