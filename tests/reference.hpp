@@ -7,6 +7,8 @@
 #include <limits>
 #include <vector>
 
+#include "op_table.hpp"
+
 namespace defer::testing::ref {
 
 using Vec = std::vector<double>;
@@ -26,6 +28,63 @@ inline double gelu_tanh(double x) {
   return 0.5 * x * (1.0 + std::tanh(c * (x + 0.044715 * x * x * x)));
 }
 inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+
+// One element of every element-wise op of the op table, in float64, written from the ops'
+// definitions (not from kernels/elementwise_math.h). a, b, c are the tensor operands, s0 and s1
+// the scalars. `to` is the identity here: tests round to the target dtype themselves. A new op
+// without a reference is a build error of the tests (-Werror=switch).
+inline double elementwise(kernels::ElementwiseOp op, double a, double b = 0, double c = 0, double s0 = 0, double s1 = 0) {
+  using kernels::ElementwiseOp;
+  constexpr double nan = std::numeric_limits<double>::quiet_NaN();
+  switch (op) {
+    case ElementwiseOp::neg: return -a;
+    case ElementwiseOp::abs: return std::fabs(a);
+    case ElementwiseOp::exp: return std::exp(a);
+    case ElementwiseOp::log: return std::log(a);
+    case ElementwiseOp::sqrt: return std::sqrt(a);
+    case ElementwiseOp::rsqrt: return 1.0 / std::sqrt(a);
+    case ElementwiseOp::tanh: return std::tanh(a);
+    case ElementwiseOp::sigmoid: return sigmoid(a);
+    case ElementwiseOp::relu: return a < 0.0 ? 0.0 : a;
+    case ElementwiseOp::silu: return a * sigmoid(a);
+    // x Phi(x); erfc rather than 1 + erf, which cancels (even in double) for x below about -6
+    case ElementwiseOp::gelu: return 0.5 * a * std::erfc(-a / std::sqrt(2.0));
+    // 0.5 x (1 + tanh(u)) = x sigmoid(2u), the form that does not cancel for negative x
+    case ElementwiseOp::gelu_tanh: return a * sigmoid(2.0 * std::sqrt(2.0 / 3.14159265358979323846) * (a + 0.044715 * a * a * a));
+    case ElementwiseOp::erf: return std::erf(a);
+    case ElementwiseOp::softplus: return a > 30.0 ? a + std::exp(-a) : std::log1p(std::exp(a));
+    case ElementwiseOp::add: return a + b;
+    case ElementwiseOp::sub: return a - b;
+    case ElementwiseOp::mul: return a * b;
+    case ElementwiseOp::div: return a / b;
+    case ElementwiseOp::maximum: return std::isnan(a) || std::isnan(b) ? nan : std::max(a, b);
+    case ElementwiseOp::minimum: return std::isnan(a) || std::isnan(b) ? nan : std::min(a, b);
+    case ElementwiseOp::add_scalar: return a + s0;
+    case ElementwiseOp::sub_scalar: return a - s0;
+    case ElementwiseOp::mul_scalar: return a * s0;
+    case ElementwiseOp::div_scalar: return a / s0;
+    case ElementwiseOp::maximum_scalar: return std::isnan(a) || std::isnan(s0) ? nan : std::max(a, s0);
+    case ElementwiseOp::minimum_scalar: return std::isnan(a) || std::isnan(s0) ? nan : std::min(a, s0);
+    case ElementwiseOp::pow_scalar: return std::pow(a, s0);
+    case ElementwiseOp::clamp: return std::isnan(a) ? a : std::min(std::max(a, s0), s1);
+    case ElementwiseOp::eq: return a == b;
+    case ElementwiseOp::ne: return a != b;
+    case ElementwiseOp::lt: return a < b;
+    case ElementwiseOp::le: return a <= b;
+    case ElementwiseOp::gt: return a > b;
+    case ElementwiseOp::ge: return a >= b;
+    case ElementwiseOp::eq_scalar: return a == s0;
+    case ElementwiseOp::ne_scalar: return a != s0;
+    case ElementwiseOp::lt_scalar: return a < s0;
+    case ElementwiseOp::le_scalar: return a <= s0;
+    case ElementwiseOp::gt_scalar: return a > s0;
+    case ElementwiseOp::ge_scalar: return a >= s0;
+    case ElementwiseOp::where: return a != 0.0 ? b : c;
+    case ElementwiseOp::masked_fill: return b != 0.0 ? s0 : a;
+    case ElementwiseOp::to: return a;
+  }
+  return nan;
+}
 
 template <class F>
 Vec map(const Vec& x, F f) {

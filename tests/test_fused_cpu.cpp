@@ -30,6 +30,7 @@
 #include "cpu/ops.hpp"
 #include "cpu/thread_pool.hpp"
 #include "fusion/fused_program.hpp"
+#include "support/one_op.hpp"
 
 namespace defer::kernels::cpu::detail {
 // Testing hook defined in kernels/cpu/fused.cpp (not part of fused.hpp): run the baseline loops
@@ -40,6 +41,7 @@ bool fused_force_portable(bool force) noexcept;
 namespace {
 
 using namespace defer::kernels;
+using namespace defer::testing;
 using cpu::FusedRunOptions;
 using cpu::ThreadPool;
 using i64 = std::int64_t;
@@ -51,32 +53,23 @@ constexpr float kFloatMax = std::numeric_limits<float>::max();
 constexpr std::uint32_t kPoisonBits = 0x7fe5a5a5u;
 constexpr i64 kGuard = 16;
 
-constexpr UnaryOp kUnaryOps[] = {UnaryOp::neg,  UnaryOp::abs,     UnaryOp::exp,  UnaryOp::log,
-                                 UnaryOp::sqrt, UnaryOp::tanh,    UnaryOp::sigmoid, UnaryOp::relu,
-                                 UnaryOp::silu, UnaryOp::gelu,    UnaryOp::gelu_tanh};
-constexpr BinaryOp kBinaryOps[] = {BinaryOp::add, BinaryOp::sub,     BinaryOp::mul,
-                                   BinaryOp::div, BinaryOp::maximum, BinaryOp::minimum};
-
 // ---------------------------------------------------------------------------------------------
 // building programs
 
-FusedInstr load(int input) { return {FusedKind::load, 0, static_cast<u16>(input), 0}; }
-FusedInstr unary(UnaryOp op, int a) {
-  return {FusedKind::unary, static_cast<std::uint8_t>(op), static_cast<u16>(a), 0};
-}
-FusedInstr binary(BinaryOp op, int a, int b) {
-  return {FusedKind::binary, static_cast<std::uint8_t>(op), static_cast<u16>(a), static_cast<u16>(b)};
-}
-FusedInstr scalar_op(BinaryOp op, int a, int s) {
-  return {FusedKind::binary_scalar, static_cast<std::uint8_t>(op), static_cast<u16>(a), static_cast<u16>(s)};
-}
+FusedInstr unary(UnaryOp op, int a) { return op_instr(op, a); }
+FusedInstr binary(BinaryOp op, int a, int b) { return op_instr(op, a, b); }
+// op: the binary op (add); its tensor-scalar form reads scalar s.
+FusedInstr scalar_op(BinaryOp op, int a, int s) { return op_instr(scalar_form(op), a, 0, 0, s); }
 
+// All inputs and outputs f32.
 FusedProgram make_program(std::vector<FusedInstr> code, std::vector<u16> outputs, int inputs, int scalars) {
   FusedProgram p;
   p.code = std::move(code);
   p.outputs = std::move(outputs);
   p.num_inputs = static_cast<u16>(inputs);
   p.num_scalars = static_cast<u16>(scalars);
+  p.input_dtypes.assign(p.num_inputs, defer::DType::f32);
+  p.output_dtypes.assign(p.outputs.size(), defer::DType::f32);
   return p;
 }
 
@@ -85,15 +78,14 @@ std::string describe(const FusedProgram& p) {
   for (std::size_t i = 0; i < p.code.size(); ++i) {
     const FusedInstr& in = p.code[i];
     s += "  v" + std::to_string(i) + " = ";
-    switch (in.kind) {
-      case FusedKind::load: s += "load in" + std::to_string(in.a); break;
-      case FusedKind::unary: s += std::string(name(static_cast<UnaryOp>(in.op))) + " v" + std::to_string(in.a); break;
-      case FusedKind::binary:
-        s += std::string(name(static_cast<BinaryOp>(in.op))) + " v" + std::to_string(in.a) + " v" + std::to_string(in.b);
-        break;
-      case FusedKind::binary_scalar:
-        s += std::string(name(static_cast<BinaryOp>(in.op))) + " v" + std::to_string(in.a) + " s" + std::to_string(in.b);
-        break;
+    if (in.kind == FusedKind::load) {
+      s += "load in" + std::to_string(in.a);
+    } else {
+      const ElementwiseInfo& op = info(in.op);
+      s += op.id;
+      const u16 operands[] = {in.a, in.b, in.c};
+      for (int k = 0; k < op.tensors; ++k) s += " v" + std::to_string(operands[k]);
+      for (int k = 0; k < op.scalars; ++k) s += " s" + std::to_string(in.s + k);
     }
     s += "\n";
   }
@@ -114,9 +106,9 @@ FusedProgram random_program(std::mt19937& gen, int num_inputs, int num_scalars, 
     int kind = pick(0, 99);
     if (kind >= 80 && num_scalars == 0) kind = 50;
     if (kind < 12) code.push_back(load(pick(0, num_inputs - 1)));
-    else if (kind < 50) code.push_back(unary(kUnaryOps[pick(0, 10)], operand(i)));
-    else if (kind < 80) code.push_back(binary(kBinaryOps[pick(0, 5)], operand(i), operand(i)));
-    else code.push_back(scalar_op(kBinaryOps[pick(0, 5)], operand(i), pick(0, num_scalars - 1)));
+    else if (kind < 50) code.push_back(unary(kUnaryOps[static_cast<std::size_t>(pick(0, static_cast<int>(kUnaryOps.size()) - 1))], operand(i)));
+    else if (kind < 80) code.push_back(binary(kBinaryOps[static_cast<std::size_t>(pick(0, static_cast<int>(kBinaryOps.size()) - 1))], operand(i), operand(i)));
+    else code.push_back(op_instr(kScalarOps[static_cast<std::size_t>(pick(0, static_cast<int>(kScalarOps.size()) - 1))], operand(i), 0, 0, pick(0, num_scalars - 1)));
   }
   std::vector<u16> outputs;
   const int count = pick(1, 3);
@@ -140,8 +132,8 @@ struct Case {
   std::vector<float> scalars;
   std::string what;
 
-  std::vector<const float*> input_ptrs() const {
-    std::vector<const float*> v;
+  std::vector<const void*> input_ptrs() const {
+    std::vector<const void*> v;
     for (const auto& in : inputs) v.push_back(in.data());
     return v;
   }
@@ -274,8 +266,9 @@ std::vector<std::vector<float>> eval_unfused(const Case& c) {
   std::vector<int> last(p.code.size(), -1);
   for (std::size_t v = 0; v < p.code.size(); ++v) {
     const FusedInstr& in = p.code[v];
-    if (in.kind != FusedKind::load) last[in.a] = static_cast<int>(v);
-    if (in.kind == FusedKind::binary) last[in.b] = static_cast<int>(v);
+    if (in.kind == FusedKind::load) continue;
+    const u16 operands[] = {in.a, in.b, in.c};
+    for (int k = 0; k < info(in.op).tensors; ++k) last[operands[k]] = static_cast<int>(v);
   }
   for (u16 o : p.outputs) last[o] = static_cast<int>(p.code.size());
   std::vector<std::vector<float>> val(p.code.size());
@@ -283,19 +276,14 @@ std::vector<std::vector<float>> eval_unfused(const Case& c) {
     const FusedInstr& in = p.code[v];
     auto& out = val[v];
     out.resize(nu);
-    switch (in.kind) {
-      case FusedKind::load: {
-        const float* src = c.inputs[in.a].data();
-        for (i64 e = 0; e < n; ++e) out[static_cast<std::size_t>(e)] = src[offset_of(c.layout, in.a, e)];
-        break;
-      }
-      case FusedKind::unary: cpu::unary(static_cast<UnaryOp>(in.op), val[in.a].data(), out.data(), n); break;
-      case FusedKind::binary:
-        cpu::binary(static_cast<BinaryOp>(in.op), val[in.a].data(), val[in.b].data(), out.data(), n, nullptr);
-        break;
-      case FusedKind::binary_scalar:
-        cpu::binary_scalar(static_cast<BinaryOp>(in.op), val[in.a].data(), c.scalars[in.b], out.data(), n);
-        break;
+    if (in.kind == FusedKind::load) {
+      const float* src = c.inputs[in.a].data();
+      for (i64 e = 0; e < n; ++e) out[static_cast<std::size_t>(e)] = src[offset_of(c.layout, in.a, e)];
+    } else if (n > 0) {
+      const u16 operands[] = {in.a, in.b, in.c};
+      std::vector<const float*> args;
+      for (int k = 0; k < info(in.op).tensors; ++k) args.push_back(val[operands[k]].data());
+      one_op::run(in.op, args, out.data(), n, c.scalars.data() + in.s);
     }
     for (std::size_t u = 0; u < v; ++u)
       if (last[u] == static_cast<int>(v)) val[u] = {};
@@ -332,56 +320,76 @@ constexpr Bounded kCertainNaN{std::numeric_limits<double>::quiet_NaN(), 0, true}
 
 double sigmoid_d(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
-Bounded apply(UnaryOp op, Bounded a) {
+Bounded apply_unary(ElementwiseOp op, Bounded a) {
   if (!a.ok) return kUnreliable;
   if (std::isnan(a.v)) return kCertainNaN;
   const double x = a.v, e = a.err;
   switch (op) {
-    case UnaryOp::neg: return rounded(-x, e, 0);
-    case UnaryOp::abs: return rounded(std::fabs(x), e, 0);
-    case UnaryOp::relu: return rounded(x < 0 ? 0.0 : x, e, 0);
-    case UnaryOp::exp: {
+    case ElementwiseOp::neg: return rounded(-x, e, 0);
+    case ElementwiseOp::abs: return rounded(std::fabs(x), e, 0);
+    case ElementwiseOp::relu: return rounded(x < 0 ? 0.0 : x, e, 0);
+    case ElementwiseOp::exp: {
       const double r = std::exp(x);
       return rounded(r, r * std::expm1(e), 4);
     }
-    case UnaryOp::log:
+    case ElementwiseOp::log:
       if (x - e > 0) return rounded(std::log(x), -std::log1p(-e / x), 4);
       return x + e < 0 ? kCertainNaN : kUnreliable;
-    case UnaryOp::sqrt:
+    case ElementwiseOp::sqrt:
       if (x - e >= 0) {
         const double r = std::sqrt(x);
         return rounded(r, e == 0 ? 0.0 : e / (r + std::sqrt(x - e)), 1);
       }
       return x + e < 0 ? kCertainNaN : kUnreliable;
-    case UnaryOp::tanh: return rounded(std::tanh(x), e, 8);
-    case UnaryOp::sigmoid: return rounded(sigmoid_d(x), 0.25 * e, 16);
-    case UnaryOp::silu: return rounded(x * sigmoid_d(x), 1.1 * e, 16);
-    case UnaryOp::gelu: return rounded(0.5 * x * std::erfc(-x / std::numbers::sqrt2), 1.2 * e, 4);
-    case UnaryOp::gelu_tanh: {
+    case ElementwiseOp::rsqrt:
+      if (x - e > 0) return rounded(1.0 / std::sqrt(x), 0.5 * e * std::pow(x - e, -1.5), 2);
+      return x + e < 0 ? kCertainNaN : kUnreliable;
+    case ElementwiseOp::tanh: return rounded(std::tanh(x), e, 8);
+    case ElementwiseOp::sigmoid: return rounded(sigmoid_d(x), 0.25 * e, 16);
+    case ElementwiseOp::silu: return rounded(x * sigmoid_d(x), 1.1 * e, 16);
+    case ElementwiseOp::gelu: return rounded(0.5 * x * std::erfc(-x / std::numbers::sqrt2), 1.2 * e, 4);
+    case ElementwiseOp::gelu_tanh: {
       const double u = std::sqrt(2.0 / std::numbers::pi) * (x + 0.044715 * x * x * x);
       return rounded(x * sigmoid_d(2.0 * u), 1.2 * e, 4);
     }
+    case ElementwiseOp::erf: return rounded(std::erf(x), 1.13 * e, 4);
+    case ElementwiseOp::softplus: return rounded(x > 30 ? x + std::exp(-x) : std::log1p(std::exp(x)), e, 8);
+    default: return kUnreliable;  // not an op of one f32 operand
   }
-  return kUnreliable;
 }
 
-Bounded apply(BinaryOp op, Bounded a, Bounded b) {
+Bounded apply_binary(ElementwiseOp op, Bounded a, Bounded b) {
   if ((a.ok && std::isnan(a.v)) || (b.ok && std::isnan(b.v))) return kCertainNaN;
   if (!a.ok || !b.ok) return kUnreliable;
   switch (op) {
-    case BinaryOp::add: return rounded(a.v + b.v, a.err + b.err, 1);
-    case BinaryOp::sub: return rounded(a.v - b.v, a.err + b.err, 1);
-    case BinaryOp::mul:
+    case ElementwiseOp::add:
+    case ElementwiseOp::add_scalar: return rounded(a.v + b.v, a.err + b.err, 1);
+    case ElementwiseOp::sub:
+    case ElementwiseOp::sub_scalar: return rounded(a.v - b.v, a.err + b.err, 1);
+    case ElementwiseOp::mul:
+    case ElementwiseOp::mul_scalar:
       return rounded(a.v * b.v, std::fabs(a.v) * b.err + std::fabs(b.v) * a.err + a.err * b.err, 1);
-    case BinaryOp::div: {
+    case ElementwiseOp::div:
+    case ElementwiseOp::div_scalar: {
       const double m = std::fabs(b.v);
       if (m - b.err <= 0) return kUnreliable;
       return rounded(a.v / b.v, (a.err * m + std::fabs(a.v) * b.err) / (m * (m - b.err)), 1);
     }
-    case BinaryOp::maximum: return rounded(std::max(a.v, b.v), std::max(a.err, b.err), 0);
-    case BinaryOp::minimum: return rounded(std::min(a.v, b.v), std::max(a.err, b.err), 0);
+    case ElementwiseOp::maximum:
+    case ElementwiseOp::maximum_scalar: return rounded(std::max(a.v, b.v), std::max(a.err, b.err), 0);
+    case ElementwiseOp::minimum:
+    case ElementwiseOp::minimum_scalar: return rounded(std::min(a.v, b.v), std::max(a.err, b.err), 0);
+    case ElementwiseOp::pow_scalar: {  // b is an exact scalar exponent
+      const double x = a.v, e = a.err, y = b.v;
+      if (x - e > 0) {
+        const double r = std::pow(x, y);
+        return rounded(r, std::fabs(r) * std::expm1(std::fabs(y) * -std::log1p(-e / x)), 8);
+      }
+      if (x + e < 0 && y != std::floor(y)) return kCertainNaN;
+      return kUnreliable;
+    }
+    default: return kUnreliable;  // not an op of two f32 operands
   }
-  return kUnreliable;
 }
 
 std::vector<Bounded> eval_bounded(const Case& c, i64 e) {
@@ -389,14 +397,16 @@ std::vector<Bounded> eval_bounded(const Case& c, i64 e) {
   std::vector<Bounded> val(p.code.size());
   for (std::size_t v = 0; v < p.code.size(); ++v) {
     const FusedInstr& in = p.code[v];
-    switch (in.kind) {
-      case FusedKind::load: val[v] = {c.inputs[in.a].data()[offset_of(c.layout, in.a, e)], 0, true}; break;
-      case FusedKind::unary: val[v] = apply(static_cast<UnaryOp>(in.op), val[in.a]); break;
-      case FusedKind::binary: val[v] = apply(static_cast<BinaryOp>(in.op), val[in.a], val[in.b]); break;
-      case FusedKind::binary_scalar:
-        val[v] = apply(static_cast<BinaryOp>(in.op), val[in.a], Bounded{c.scalars[in.b], 0, true});
-        break;
+    if (in.kind == FusedKind::load) {
+      val[v] = {c.inputs[in.a].data()[offset_of(c.layout, in.a, e)], 0, true};
+      continue;
     }
+    const ElementwiseInfo& op = info(in.op);
+    if (op.tensors == 1 && op.scalars == 0) val[v] = apply_unary(in.op, val[in.a]);
+    else if (op.tensors == 2 && op.scalars == 0) val[v] = apply_binary(in.op, val[in.a], val[in.b]);
+    else if (op.tensors == 1 && op.scalars == 1)
+      val[v] = apply_binary(in.op, val[in.a], Bounded{c.scalars[in.s], 0, true});
+    else val[v] = kUnreliable;
   }
   std::vector<Bounded> outs;
   for (u16 o : p.outputs) outs.push_back(val[o]);
@@ -430,7 +440,7 @@ struct Outputs {
   }
   i64 n_;
   std::vector<std::vector<float>> bufs;
-  std::vector<float*> ptrs;
+  std::vector<void*> ptrs;
 };
 
 // Fused against unfused: the same float math in the same order, so equal up to (in practice
@@ -678,7 +688,7 @@ TEST(FusedCpu, OutputAliasingAContiguousInput) {
     for (bool pooled : {false, true}) {
       Case fresh = c;
       std::vector<float> other0(static_cast<std::size_t>(n));
-      float* outs[] = {fresh.inputs[0].storage.data(), other0.data(), fresh.inputs[1].storage.data()};
+      void* outs[] = {fresh.inputs[0].storage.data(), other0.data(), fresh.inputs[1].storage.data()};
       const auto in = fresh.input_ptrs();
       ThreadPool pool(1);
       cpu::run_fused(fresh.program, fresh.layout, in.data(), outs, fresh.scalars.data(),
@@ -827,6 +837,7 @@ FusedLayout reduce_layout(const std::vector<i64>& dims, int dim) {
 FusedProgram reducing(FusedProgram p, ReduceOp op) {
   p.reduction = FusedReduction{op, p.outputs.front()};
   p.outputs = {p.outputs.front()};
+  p.output_dtypes.assign(p.outputs.size(), defer::DType::f32);
   return p;
 }
 
@@ -835,6 +846,8 @@ const char* reduce_name(ReduceOp op) {
     case ReduceOp::sum: return "sum";
     case ReduceOp::mean: return "mean";
     case ReduceOp::max: return "max";
+    case ReduceOp::min: return "min";
+    case ReduceOp::argmax: return "argmax";
   }
   return "?";
 }
@@ -863,6 +876,7 @@ bool reduce_output_ok(const Case& c, i64 r, float got, ReduceStats& stats, std::
   const ReduceOp op = c.program.reduction->op;
   const i64 o = r / ax.inner, i = r % ax.inner;
   double sum = 0, err = 0, abs_sum = 0, mx = -std::numeric_limits<double>::infinity(), mx_err = 0;
+  double mn = std::numeric_limits<double>::infinity();
   bool nan = false;
   for (i64 k = 0; k < ax.n; ++k) {
     const Bounded b = eval_bounded(c, (o * ax.n + k) * ax.inner + i)[0];
@@ -878,6 +892,7 @@ bool reduce_output_ok(const Case& c, i64 r, float got, ReduceStats& stats, std::
     err += 2 * b.err;
     abs_sum += std::fabs(b.v);
     mx = std::max(mx, b.v);
+    mn = std::min(mn, b.v);
     mx_err = std::max(mx_err, 2 * b.err);
   }
   if (nan || (ax.n == 0 && op != ReduceOp::sum)) {
@@ -900,6 +915,11 @@ bool reduce_output_ok(const Case& c, i64 r, float got, ReduceStats& stats, std::
       want = mx;
       tol = mx_err;
       break;
+    case ReduceOp::min:
+      want = mn;
+      tol = mx_err;
+      break;
+    case ReduceOp::argmax: ADD_FAILURE() << "argmax is never fused"; return false;
   }
   tol += 0x1p-23 * std::fabs(want) + 1e-37;
   ++stats.checked;
@@ -1242,21 +1262,25 @@ TEST(FusedProgramValidate, RejectsMalformed) {
   expect_invalid(make_program({load(0)}, {}, 1, 0), l1, "no outputs");
   expect_invalid(make_program({load(0), unary(UnaryOp::exp, 1)}, {1}, 1, 0), l1, "not defined before");
   expect_invalid(make_program({load(0), unary(UnaryOp::exp, 2), load(0)}, {1}, 1, 0), l1, "not defined before");
-  expect_invalid(make_program({load(0), binary(BinaryOp::add, 0, 1)}, {1}, 1, 0), l1, "second");
-  expect_invalid(make_program({load(0), binary(BinaryOp::add, 5, 0)}, {1}, 1, 0), l1, "first");
+  expect_invalid(make_program({load(0), binary(BinaryOp::add, 0, 1)}, {1}, 1, 0), l1, "as operand 2");
+  expect_invalid(make_program({load(0), binary(BinaryOp::add, 5, 0)}, {1}, 1, 0), l1, "as operand 1");
   expect_invalid(make_program({load(0), scalar_op(BinaryOp::add, 1, 0)}, {1}, 1, 1), l1, "not defined before");
   expect_invalid(make_program({load(1)}, {0}, 1, 0), l1, "loads input 1");
-  expect_invalid(make_program({load(0), scalar_op(BinaryOp::mul, 0, 1)}, {1}, 1, 1), l1, "scalar 1");
-  expect_invalid(make_program({load(0), scalar_op(BinaryOp::mul, 0, 0)}, {1}, 1, 0), l1, "scalar 0");
-  FusedInstr bad_unary = unary(UnaryOp::neg, 0);
-  bad_unary.op = static_cast<std::uint8_t>(UnaryOp::gelu_tanh) + 1;
-  expect_invalid(make_program({load(0), bad_unary}, {1}, 1, 0), l1, "not a UnaryOp");
-  FusedInstr bad_binary = binary(BinaryOp::add, 0, 0);
-  bad_binary.op = static_cast<std::uint8_t>(BinaryOp::minimum) + 1;
-  expect_invalid(make_program({load(0), bad_binary}, {1}, 1, 0), l1, "not a BinaryOp");
-  FusedInstr bad_scalar = scalar_op(BinaryOp::add, 0, 0);
-  bad_scalar.op = 200;
-  expect_invalid(make_program({load(0), bad_scalar}, {1}, 1, 1), l1, "not a BinaryOp");
+  expect_invalid(make_program({load(0), scalar_op(BinaryOp::mul, 0, 1)}, {1}, 1, 1), l1, "reads scalars 1..1");
+  expect_invalid(make_program({load(0), scalar_op(BinaryOp::mul, 0, 0)}, {1}, 1, 0), l1, "reads scalars 0..0");
+  expect_invalid(make_program({load(0), op_instr(ElementwiseOp::clamp, 0, 0, 0, 1)}, {1}, 1, 2), l1, "reads scalars 1..2");
+  expect_invalid(make_program({load(0), load(0), op_instr(ElementwiseOp::where, 0, 1, 2)}, {2}, 1, 0), l1, "as operand 3");
+  FusedInstr bad_op = unary(UnaryOp::neg, 0);
+  bad_op.op = static_cast<ElementwiseOp>(kElementwiseOpCount);
+  expect_invalid(make_program({load(0), bad_op}, {1}, 1, 0), l1, "not an element-wise op");
+  bad_op.op = static_cast<ElementwiseOp>(200);
+  expect_invalid(make_program({load(0), bad_op}, {1}, 1, 0), l1, "not an element-wise op");
+  FusedInstr bad_cast = op_instr(ElementwiseOp::to, 0);
+  bad_cast.dtype = static_cast<defer::DType>(99);
+  expect_invalid(make_program({load(0), bad_cast}, {1}, 1, 0), l1, "unknown dtype");
+  FusedProgram no_dtypes = make_program({load(0)}, {0}, 1, 0);
+  no_dtypes.output_dtypes.clear();
+  expect_invalid(no_dtypes, l1, "dtypes");
   FusedInstr bad_kind = load(0);
   bad_kind.kind = static_cast<FusedKind>(9);
   expect_invalid(make_program({load(0), bad_kind}, {1}, 1, 0), l1, "unknown kind");
@@ -1304,8 +1328,14 @@ TEST(FusedProgramKey, DifferentStructureDifferentKey) {
     EXPECT_NE(structure_key(p, l), key) << what;
   };
   FusedProgram p = base;
-  p.code[2].op = static_cast<std::uint8_t>(BinaryOp::sub);
+  p.code[2].op = ElementwiseOp::sub;
   differs(p, bl, "another op");
+  p = base;
+  p.input_dtypes[1] = defer::DType::f16;
+  differs(p, bl, "another input dtype");
+  p = base;
+  p.output_dtypes[0] = defer::DType::bf16;
+  differs(p, bl, "another output dtype");
   p = base;
   p.code[2].b = 0;
   differs(p, bl, "another operand");
@@ -1317,6 +1347,7 @@ TEST(FusedProgramKey, DifferentStructureDifferentKey) {
   differs(p, bl, "unary instead of binary_scalar");
   p = base;
   p.outputs = {3, 2};
+  p.output_dtypes.assign(p.outputs.size(), defer::DType::f32);
   differs(p, bl, "another output");
   p = base;
   p.num_scalars = 2;
@@ -1345,18 +1376,24 @@ TEST(FusedProgramValidate, Reductions) {
   EXPECT_NO_THROW(validate(p, l));
   FusedProgram bad = p;
   bad.outputs = {1, 1};
+  bad.output_dtypes.assign(bad.outputs.size(), defer::DType::f32);
   expect_invalid(bad, l, "exactly one output");
   bad.outputs = {0};
+  bad.output_dtypes.assign(bad.outputs.size(), defer::DType::f32);
   expect_invalid(bad, l, "exactly one output");
   bad = p;
   bad.reduction->value = 2;
   bad.outputs = {2};
+  bad.output_dtypes.assign(bad.outputs.size(), defer::DType::f32);
   expect_invalid(bad, l, "output 0 is value 2");
   bad.outputs = {1};
+  bad.output_dtypes.assign(bad.outputs.size(), defer::DType::f32);
   expect_invalid(bad, l, "reduces value 2");
   bad = p;
-  bad.reduction->op = static_cast<ReduceOp>(3);
-  expect_invalid(bad, l, "not a ReduceOp");
+  bad.reduction->op = ReduceOp::argmax;
+  expect_invalid(bad, l, "not sum, mean, max or min");
+  bad.reduction->op = static_cast<ReduceOp>(kReduceOpCount);
+  expect_invalid(bad, l, "not sum, mean, max or min");
   FusedLayout split = l;
   split.reduce = {4, 5, 5};
   expect_invalid(p, split, "does not cover");
@@ -1396,22 +1433,23 @@ TEST(FusedProgramKey, Reductions) {
                                    structure_key(reducing(ew, ReduceOp::max), layout({8, 100}, 1))};
   FusedProgram other_value = ew;
   other_value.outputs = {2};
+  other_value.output_dtypes.assign(other_value.outputs.size(), defer::DType::f32);
   keys.push_back(structure_key(reducing(other_value, ReduceOp::sum), layout({8, 100}, 1)));
   std::sort(keys.begin(), keys.end());
   EXPECT_EQ(std::unique(keys.begin(), keys.end()), keys.end());
 }
 
-TEST(FusedProgramLayout, AllContiguous) {
-  EXPECT_TRUE(layout2(4, 8, {{8, 1}, {8, 1}}).all_contiguous());
-  EXPECT_TRUE(layout2(1, 8, {{0, 1}}).all_contiguous());  // a broadcast of an extent-1 dim is no broadcast
-  EXPECT_TRUE(layout2(4, 1, {{1, 7}}).all_contiguous());
-  EXPECT_FALSE(layout2(4, 8, {{8, 1}, {0, 1}}).all_contiguous());
-  EXPECT_FALSE(layout2(4, 8, {{1, 4}}).all_contiguous());
-  EXPECT_FALSE(layout2(4, 8, {{16, 1}}).all_contiguous());
-  EXPECT_TRUE(layout2(4, 8, {}).all_contiguous());
+TEST(FusedProgramLayout, InputAccess) {
+  EXPECT_EQ(input_access(layout2(4, 8, {{8, 1}}), 0), InputAccess::flat);
+  EXPECT_EQ(input_access(layout2(1, 8, {{0, 1}}), 0), InputAccess::flat);  // a broadcast of an extent-1 dim is no broadcast
+  EXPECT_EQ(input_access(layout2(4, 1, {{1, 7}}), 0), InputAccess::flat);
+  EXPECT_EQ(input_access(layout2(4, 8, {{0, 1}}), 0), InputAccess::strided);
+  EXPECT_EQ(input_access(layout2(4, 8, {{1, 4}}), 0), InputAccess::strided);
+  EXPECT_EQ(input_access(layout2(4, 8, {{16, 1}}), 0), InputAccess::strided);
+  EXPECT_EQ(input_access(layout2(4, 8, {{0, 0}}), 0), InputAccess::uniform);
   FusedLayout zero_d;
   zero_d.strides.push_back({});
-  EXPECT_TRUE(zero_d.all_contiguous());
+  EXPECT_EQ(input_access(zero_d, 0), InputAccess::flat);
 }
 
 // ---------------------------------------------------------------------------------------------

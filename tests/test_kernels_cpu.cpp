@@ -18,6 +18,7 @@
 
 #include "cpu/ops.hpp"
 #include "reference.hpp"
+#include "support/one_op.hpp"
 
 namespace defer::kernels::cpu::detail {
 // Testing hook defined in kernels/cpu/matmul.cpp (not part of ops.hpp).
@@ -27,6 +28,7 @@ bool matmul_force_portable(bool force) noexcept;
 namespace {
 
 using namespace defer::kernels;
+using namespace defer::testing;
 using i64 = std::int64_t;
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
@@ -126,52 +128,15 @@ std::string str(const char* what, std::initializer_list<i64> dims) {
 // ---------------------------------------------------------------------------------------------
 // element-wise
 
-constexpr UnaryOp kUnaryOps[] = {UnaryOp::neg,     UnaryOp::abs,  UnaryOp::exp,  UnaryOp::log,
-                                 UnaryOp::sqrt,    UnaryOp::tanh, UnaryOp::sigmoid, UnaryOp::relu,
-                                 UnaryOp::silu,    UnaryOp::gelu, UnaryOp::gelu_tanh};
-constexpr BinaryOp kBinaryOps[] = {BinaryOp::add, BinaryOp::sub,     BinaryOp::mul,
-                                   BinaryOp::div, BinaryOp::maximum, BinaryOp::minimum};
-
-double ref_unary(UnaryOp op, double x) {
-  switch (op) {
-    case UnaryOp::neg: return -x;
-    case UnaryOp::abs: return std::fabs(x);
-    case UnaryOp::exp: return std::exp(x);
-    case UnaryOp::log: return std::log(x);
-    case UnaryOp::sqrt: return std::sqrt(x);
-    case UnaryOp::tanh: return std::tanh(x);
-    case UnaryOp::sigmoid: return defer::testing::ref::sigmoid(x);
-    case UnaryOp::relu: return x < 0.0 ? 0.0 : x;
-    case UnaryOp::silu: return x * defer::testing::ref::sigmoid(x);
-    // x Phi(x); erfc rather than 1 + erf, which cancels (even in double) for x below about -6
-    case UnaryOp::gelu: return 0.5 * x * std::erfc(-x / std::sqrt(2.0));
-    // 0.5 x (1 + tanh(u)) = x sigmoid(2u), the form that does not cancel for negative x
-    case UnaryOp::gelu_tanh: {
-      const double u = std::sqrt(2.0 / std::numbers::pi) * (x + 0.044715 * x * x * x);
-      return x * defer::testing::ref::sigmoid(2.0 * u);
-    }
-  }
-  return kDNaN;
-}
-
-double ref_binary(BinaryOp op, double a, double b) {
-  switch (op) {
-    case BinaryOp::add: return a + b;
-    case BinaryOp::sub: return a - b;
-    case BinaryOp::mul: return a * b;
-    case BinaryOp::div: return a / b;
-    case BinaryOp::maximum: return std::isnan(a) || std::isnan(b) ? kDNaN : std::max(a, b);
-    case BinaryOp::minimum: return std::isnan(a) || std::isnan(b) ? kDNaN : std::min(a, b);
-  }
-  return kDNaN;
-}
+double ref_unary(UnaryOp op, double x) { return defer::testing::ref::elementwise(op, x); }
+double ref_binary(BinaryOp op, double a, double b) { return defer::testing::ref::elementwise(op, a, b); }
 
 bool positive_domain(UnaryOp op) { return op == UnaryOp::log || op == UnaryOp::sqrt; }
 
 void check_unary(UnaryOp op, const std::vector<float>& x, const std::string& ctx) {
   const i64 n = static_cast<i64>(x.size());
   Out out(n);
-  cpu::unary(op, x.data(), out.data(), n);
+  one_op::unary(op, x.data(), out.data(), n);
   std::vector<double> want(x.size());
   for (std::size_t i = 0; i < x.size(); ++i) want[i] = ref_unary(op, x[i]);
   expect_close(ctx, want, out, relative(want, 1e-5));
@@ -219,7 +184,7 @@ TEST(KernelsCpuUnary, SpecialValues) {
     // results in float's subnormal range (exp(-103), silu(-100)) have an absolute accuracy only
     const i64 n = static_cast<i64>(x.size());
     Out out(n);
-    cpu::unary(op, x.data(), out.data(), n);
+    one_op::unary(op, x.data(), out.data(), n);
     std::vector<double> want(x.size());
     for (std::size_t i = 0; i < x.size(); ++i) want[i] = ref_unary(op, x[i]);
     expect_close(std::string(name(op)) + " special values", want, out, [&](i64 i) {
@@ -229,17 +194,17 @@ TEST(KernelsCpuUnary, SpecialValues) {
   // spot checks of the documented semantics
   const std::vector<float> y = {kNaN, -kInf, kInf, -1000.f, 1000.f};
   Out o(5);
-  cpu::unary(UnaryOp::relu, y.data(), o.data(), 5);
+  one_op::unary(UnaryOp::relu, y.data(), o.data(), 5);
   EXPECT_TRUE(std::isnan(o[0]));
   EXPECT_EQ(o[1], 0.f);
   EXPECT_EQ(o[2], kInf);
-  cpu::unary(UnaryOp::sigmoid, y.data(), o.data(), 5);
+  one_op::unary(UnaryOp::sigmoid, y.data(), o.data(), 5);
   EXPECT_TRUE(std::isnan(o[0]));
   EXPECT_EQ(o[1], 0.f);
   EXPECT_EQ(o[2], 1.f);
   EXPECT_EQ(o[3], 0.f);
   EXPECT_EQ(o[4], 1.f);
-  cpu::unary(UnaryOp::log, y.data(), o.data(), 5);
+  one_op::unary(UnaryOp::log, y.data(), o.data(), 5);
   EXPECT_TRUE(std::isnan(o[1]));  // log(-inf)
   EXPECT_TRUE(std::isnan(o[3]));  // log(-1000)
 }
@@ -248,7 +213,7 @@ TEST(KernelsCpuUnary, InPlace) {
   for (UnaryOp op : kUnaryOps) {
     const auto x = positive_domain(op) ? random_values(1027, 16, 1e-3f, 10.f) : random_values(1027, 16);
     auto y = x;
-    cpu::unary(op, y.data(), y.data(), static_cast<i64>(y.size()));
+    one_op::unary(op, y.data(), y.data(), static_cast<i64>(y.size()));
     for (std::size_t i = 0; i < x.size(); ++i) {
       const double w = ref_unary(op, x[i]);
       ASSERT_TRUE(matches(w, y[i], 1e-5 * std::fabs(w) + 1e-36)) << name(op) << " in place, element " << i;
@@ -259,37 +224,38 @@ TEST(KernelsCpuUnary, InPlace) {
 void check_binary_scalar(BinaryOp op, const std::vector<float>& x, float s, const std::string& ctx) {
   const i64 n = static_cast<i64>(x.size());
   Out out(n);
-  cpu::binary_scalar(op, x.data(), s, out.data(), n);
+  one_op::binary_scalar(op, x.data(), s, out.data(), n);
   std::vector<double> want(x.size());
-  for (std::size_t i = 0; i < x.size(); ++i) want[i] = ref_binary(op, x[i], s);
+  for (std::size_t i = 0; i < x.size(); ++i) want[i] = defer::testing::ref::elementwise(op, x[i], 0, 0, s);
   expect_close(ctx, want, out, relative(want, 1e-5));
 }
 
 TEST(KernelsCpuBinary, ScalarAllOpsAllSizes) {
-  for (BinaryOp op : kBinaryOps)
+  for (ElementwiseOp op : kScalarOps)
     for (i64 n : kSizes)
       for (float s : {2.5f, -0.75f, 1e-3f, 3e4f}) {
         const auto x = random_values(n, 21);
         check_binary_scalar(op, x, s, str(name(op), {n}) + " scalar " + std::to_string(s));
       }
   const auto big = random_values(kLarge, 22);
-  check_binary_scalar(BinaryOp::mul, big, 1.5f, str("mul", {kLarge}));
+  check_binary_scalar(ElementwiseOp::mul_scalar, big, 1.5f, str("mul", {kLarge}));
 }
 
 TEST(KernelsCpuBinary, ScalarSpecialValues) {
   const std::vector<float> x = {kNaN, kInf, -kInf, 0.f, -0.f, 1.f, -1.f, 3.f};
-  for (BinaryOp op : kBinaryOps)
+  for (ElementwiseOp op : kScalarOps)
     for (float s : {0.f, -0.f, kInf, -kInf, kNaN, 2.f, std::numeric_limits<float>::max()})
       check_binary_scalar(op, x, s, std::string(name(op)) + " specials by " + std::to_string(s));
-  // spot checks: IEEE division by zero, NaN-propagating maximum / minimum
+  // spot checks: IEEE division by zero, a NaN scalar, clamp's NaN and infinities
   Out o(8);
-  cpu::binary_scalar(BinaryOp::div, x.data(), 0.f, o.data(), 8);
+  one_op::binary_scalar(ElementwiseOp::div_scalar, x.data(), 0.f, o.data(), 8);
   EXPECT_TRUE(std::isnan(o[3]));  // 0 / 0
   EXPECT_EQ(o[5], kInf);          // 1 / 0
   EXPECT_EQ(o[6], -kInf);         // -1 / 0
-  cpu::binary_scalar(BinaryOp::maximum, x.data(), kNaN, o.data(), 8);
+  one_op::binary_scalar(ElementwiseOp::add_scalar, x.data(), kNaN, o.data(), 8);
   for (i64 i = 0; i < 8; ++i) EXPECT_TRUE(std::isnan(o[i])) << i;
-  cpu::binary_scalar(BinaryOp::minimum, x.data(), 2.f, o.data(), 8);
+  const float bounds[] = {-kInf, 2.f};
+  one_op::run(ElementwiseOp::clamp, {x.data()}, o.data(), 8, bounds);
   EXPECT_TRUE(std::isnan(o[0]));
   EXPECT_EQ(o[1], 2.f);
   EXPECT_EQ(o[2], -kInf);
@@ -299,7 +265,7 @@ void check_binary_contiguous(BinaryOp op, const std::vector<float>& a, const std
                              const std::string& ctx) {
   const i64 n = static_cast<i64>(a.size());
   Out out(n);
-  cpu::binary(op, a.data(), b.data(), out.data(), n, nullptr);
+  one_op::binary(op, a.data(), b.data(), out.data(), n, nullptr);
   std::vector<double> want(a.size());
   for (std::size_t i = 0; i < a.size(); ++i) want[i] = ref_binary(op, a[i], b[i]);
   expect_close(ctx, want, out, relative(want, 1e-5));
@@ -325,7 +291,7 @@ TEST(KernelsCpuBinary, InPlace) {
   const auto b = random_values(1029, 36);
   for (BinaryOp op : kBinaryOps) {
     auto y = a;
-    cpu::binary(op, y.data(), b.data(), y.data(), 1029, nullptr);
+    one_op::binary(op, y.data(), b.data(), y.data(), 1029, nullptr);
     for (std::size_t i = 0; i < a.size(); ++i) {
       const double w = ref_binary(op, a[i], b[i]);
       ASSERT_TRUE(matches(w, y[i], 1e-5 * std::fabs(w))) << name(op) << " in place, element " << i;
@@ -368,7 +334,7 @@ void check_broadcast(BinaryOp op, const Broadcast& bc, unsigned seed, const std:
   const auto a = random_values(extent(bc, 0), seed);
   const auto b = random_values(extent(bc, 1), seed + 1);
   Out out(n);
-  cpu::binary(op, a.data(), b.data(), out.data(), n, &bc);
+  one_op::binary(op, a.data(), b.data(), out.data(), n, &bc);
   std::vector<double> want(static_cast<std::size_t>(n));
   for (i64 f = 0; f < n; ++f) {
     i64 rem = f, oa = 0, ob = 0;
@@ -443,7 +409,7 @@ TEST(KernelsCpuBinary, BroadcastZeroDims) {
   const float a = 3.f, b = -2.f;
   for (BinaryOp op : kBinaryOps) {
     Out out(1);
-    cpu::binary(op, &a, &b, out.data(), 1, &bc);
+    one_op::binary(op, &a, &b, out.data(), 1, &bc);
     expect_close(std::string(name(op)) + " 0-d", {ref_binary(op, a, b)}, out, [](i64) { return 1e-6; });
   }
 }
@@ -490,7 +456,7 @@ TEST(KernelsCpuBinary, BroadcastPropagatesNaNAndInf) {
   const Broadcast bc = make_broadcast({4, 3}, {4, 1}, {1, 3});
   for (BinaryOp op : kBinaryOps) {
     Out out(12);
-    cpu::binary(op, col.data(), row.data(), out.data(), 12, &bc);
+    one_op::binary(op, col.data(), row.data(), out.data(), 12, &bc);
     std::vector<double> want;
     for (int i = 0; i < 4; ++i)
       for (int j = 0; j < 3; ++j) want.push_back(ref_binary(op, col[static_cast<std::size_t>(i)], row[static_cast<std::size_t>(j)]));
@@ -507,7 +473,7 @@ void check_reduce(ReduceOp op, const std::vector<float>& x, i64 outer, i64 n, i6
   std::vector<double> want(static_cast<std::size_t>(outer * inner)), abs_sum(want.size());
   for (i64 o = 0; o < outer; ++o)
     for (i64 i = 0; i < inner; ++i) {
-      double s = 0, sa = 0, m = -kDInf;
+      double s = 0, sa = 0, m = -kDInf, lo = kDInf;
       bool nan = false;
       for (i64 j = 0; j < n; ++j) {
         const double v = x[static_cast<std::size_t>((o * n + j) * inner + i)];
@@ -515,12 +481,15 @@ void check_reduce(ReduceOp op, const std::vector<float>& x, i64 outer, i64 n, i6
         sa += std::fabs(v);
         nan |= std::isnan(v);
         m = std::max(m, v);
+        lo = std::min(lo, v);
       }
       const auto k = static_cast<std::size_t>(o * inner + i);
       switch (op) {
         case ReduceOp::sum: want[k] = s, abs_sum[k] = sa; break;
         case ReduceOp::mean: want[k] = n == 0 ? kDNaN : s / static_cast<double>(n), abs_sum[k] = sa / static_cast<double>(n); break;
         case ReduceOp::max: want[k] = nan ? kDNaN : m, abs_sum[k] = 0; break;
+        case ReduceOp::min: want[k] = nan ? kDNaN : lo, abs_sum[k] = 0; break;
+        case ReduceOp::argmax: FAIL() << "argmax has a test of its own";
       }
     }
   // relative to the sum of magnitudes: a sum near zero carries no relative accuracy
@@ -536,9 +505,9 @@ const std::vector<std::array<i64, 3>> kReduceShapes = {
     {0, 5, 3},   {3, 5, 0}};
 
 TEST(KernelsCpuReduce, AllOpsShapes) {
-  for (ReduceOp op : {ReduceOp::sum, ReduceOp::mean, ReduceOp::max})
+  for (ReduceOp op : {ReduceOp::sum, ReduceOp::mean, ReduceOp::max, ReduceOp::min})
     for (const auto& [outer, n, inner] : kReduceShapes) {
-      if (op == ReduceOp::max && n == 0) continue;  // rejected by the op layer
+      if ((op == ReduceOp::max || op == ReduceOp::min) && n == 0) continue;  // rejected by the op layer
       check_reduce(op, random_values(outer * n * inner, 51), outer, n, inner, str(name(op), {outer, n, inner}));
     }
 }
@@ -559,7 +528,7 @@ TEST(KernelsCpuReduce, EmptyAxis) {
 TEST(KernelsCpuReduce, EachAxisOf3d) {
   const auto x = random_values(5 * 7 * 9, 52);
   const std::array<i64, 3> views[] = {{1, 5, 63}, {5, 7, 9}, {35, 9, 1}};
-  for (ReduceOp op : {ReduceOp::sum, ReduceOp::mean, ReduceOp::max})
+  for (ReduceOp op : {ReduceOp::sum, ReduceOp::mean, ReduceOp::max, ReduceOp::min})
     for (const auto& [outer, n, inner] : views) check_reduce(op, x, outer, n, inner, str(name(op), {outer, n, inner}));
 }
 
@@ -590,8 +559,37 @@ TEST(KernelsCpuReduce, NaNAndInf) {
     at(outer - 1, n - 1, 0) = -kInf;
     if (inner > 1 || outer > 1)
       for (i64 j = 0; j < n; ++j) at(outer - 1, j, inner - 1) = -kInf;
-    for (ReduceOp op : {ReduceOp::sum, ReduceOp::mean, ReduceOp::max})
+    for (ReduceOp op : {ReduceOp::sum, ReduceOp::mean, ReduceOp::max, ReduceOp::min})
       check_reduce(op, x, outer, n, inner, str(name(op), {outer, n, inner}) + " specials");
+  }
+}
+
+// argmax: the first largest element's index, a NaN counting as largest, on random values with
+// ties and NaNs planted.
+TEST(KernelsCpuReduce, ArgmaxFirstOfTiesAndNaNWins) {
+  for (const auto& [outer, n, inner] : std::vector<std::array<i64, 3>>{{1, 1, 1}, {3, 1023, 1}, {2, 5, 17}, {4, 300, 3}}) {
+    auto x = random_values(outer * n * inner, 58);
+    auto at = [&](i64 o, i64 j, i64 i) -> float& { return x[static_cast<std::size_t>((o * n + j) * inner + i)]; };
+    if (n > 3) {
+      at(0, 1, 0) = 100.f;  // a tie: the first wins
+      at(0, n - 1, 0) = 100.f;
+      at(outer - 1, n - 2, inner - 1) = kNaN;  // NaN beats everything, also an earlier inf
+      at(outer - 1, 0, inner - 1) = kInf;
+    }
+    std::vector<i64> out(static_cast<std::size_t>(outer * inner) + 4, -7);
+    cpu::argmax(x.data(), out.data(), outer, n, inner);
+    for (i64 o = 0; o < outer; ++o)
+      for (i64 i = 0; i < inner; ++i) {
+        i64 best = 0;
+        for (i64 j = 1; j < n; ++j) {
+          const float v = at(o, j, i), m = at(o, best, i);
+          if (std::isnan(m)) break;
+          if (std::isnan(v) || v > m) best = j;
+        }
+        EXPECT_EQ(out[static_cast<std::size_t>(o * inner + i)], best) << "argmax " << outer << "x" << n << "x" << inner
+                                                                        << " at (" << o << ", " << i << ")";
+      }
+    for (std::size_t k = static_cast<std::size_t>(outer * inner); k < out.size(); ++k) EXPECT_EQ(out[k], -7) << "past the end";
   }
 }
 
@@ -837,7 +835,7 @@ void check_transpose(i64 batch, i64 rows, i64 cols) {
   auto x = random_values(batch * rows * cols, 101);
   if (!x.empty()) x[x.size() / 2] = kNaN;
   Out out(batch * rows * cols);
-  cpu::transpose(x.data(), out.data(), batch, rows, cols);
+  cpu::transpose(sizeof(float), x.data(), out.data(), batch, rows, cols);
   out.expect_written(ctx);
   i64 bad = 0;
   for (i64 q = 0; q < batch; ++q)

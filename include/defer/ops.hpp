@@ -5,8 +5,11 @@
 // pending graph that result needs and launches it on the wait's stream. In eager mode
 // (ModeGuard(Mode::eager)) each op launches its kernel at once and returns a ready Await.
 //
-// Ops take f32 tensors (transpose and to also copy i32). An operand whose shape is not known before
-// it runs (an awaitable() that is still pending) is checked when the graph runs instead.
+// Dtypes (API.md section 9): math ops take f32, f16 or bf16 and compute in f32, rounding once when
+// they store; the data operands of one op share one dtype; a scalar takes the tensor's dtype.
+// Comparisons, where, masked_fill, casts, transpose, index_select, embedding and to(Device) take
+// every dtype; on i32/i64 data comparisons, where and masked_fill are exact. An operand whose shape
+// is not known before it runs (an awaitable() that is still pending) is checked when the graph runs.
 #include <string>
 #include <vector>
 
@@ -31,6 +34,11 @@ TensorAwait add(const TensorAwait& a, float s);
 TensorAwait sub(const TensorAwait& a, float s);
 TensorAwait mul(const TensorAwait& a, float s);
 TensorAwait div(const TensorAwait& a, float s);
+TensorAwait maximum(const TensorAwait& a, float s);
+TensorAwait minimum(const TensorAwait& a, float s);
+TensorAwait pow(const TensorAwait& a, float exponent);
+// min(max(a, lo), hi) as torch.clamp: NaN stays NaN, lo > hi gives hi.
+TensorAwait clamp(const TensorAwait& a, float lo, float hi);
 // Element-wise, unary. gelu is exact (x * Phi(x)); gelu_tanh is the tanh approximation.
 TensorAwait neg(const TensorAwait& a);
 TensorAwait abs(const TensorAwait& a);
@@ -43,15 +51,51 @@ TensorAwait relu(const TensorAwait& a);
 TensorAwait silu(const TensorAwait& a);
 TensorAwait gelu(const TensorAwait& a);
 TensorAwait gelu_tanh(const TensorAwait& a);
+TensorAwait rsqrt(const TensorAwait& a);
+TensorAwait erf(const TensorAwait& a);
+// log(1 + exp(a)), computed without overflow.
+TensorAwait softplus(const TensorAwait& a);
+
+// Comparisons: boolean results, broadcasting; every comparison with NaN is false except ne.
+TensorAwait eq(const TensorAwait& a, const TensorAwait& b);
+TensorAwait ne(const TensorAwait& a, const TensorAwait& b);
+TensorAwait lt(const TensorAwait& a, const TensorAwait& b);
+TensorAwait le(const TensorAwait& a, const TensorAwait& b);
+TensorAwait gt(const TensorAwait& a, const TensorAwait& b);
+TensorAwait ge(const TensorAwait& a, const TensorAwait& b);
+TensorAwait eq(const TensorAwait& a, float s);
+TensorAwait ne(const TensorAwait& a, float s);
+TensorAwait lt(const TensorAwait& a, float s);
+TensorAwait le(const TensorAwait& a, float s);
+TensorAwait gt(const TensorAwait& a, float s);
+TensorAwait ge(const TensorAwait& a, float s);
+// cond ? a : b element by element; cond is boolean; all three broadcast.
+TensorAwait where(const TensorAwait& cond, const TensorAwait& a, const TensorAwait& b);
+// a with `value` where mask (boolean, broadcast to a's shape) is true.
+TensorAwait masked_fill(const TensorAwait& a, const TensorAwait& mask, float value);
+
+// A cast: floats round to nearest even; a float to an integer truncates toward zero (NaN gives 0,
+// values beyond the range saturate); i64 to i32 wraps; nonzero (NaN included) becomes true.
+TensorAwait to(const TensorAwait& a, DType dtype);
+
+// Rows of `a` along `dim` picked by a 1-D i32/i64 index: out.shape[dim] = index.numel().
+// An index outside [0, extent) is found when the graph runs: the wait throws std::out_of_range.
+TensorAwait index_select(const TensorAwait& a, int64_t dim, const TensorAwait& index);
+// weight [V, D] rows picked by ids (i32/i64, any shape): ids.shape + [D]. Bad ids as index_select.
+TensorAwait embedding(const TensorAwait& weight, const TensorAwait& ids);
 
 // [m,k] x [k,n] -> [m,n]; [b,m,k] x [b,k,n] -> [b,m,n]; a 2-D operand is shared across the batch.
 TensorAwait matmul(const TensorAwait& a, const TensorAwait& b);
-// Swaps the last two dims (a copy).
+// Swaps the last two dims (a copy, any dtype).
 TensorAwait transpose(const TensorAwait& a);
 // Reductions over one dim (negative counts from the end); keepdim keeps it with extent 1.
 TensorAwait sum(const TensorAwait& a, int dim, bool keepdim = false);
 TensorAwait mean(const TensorAwait& a, int dim, bool keepdim = false);
-TensorAwait max(const TensorAwait& a, int dim, bool keepdim = false);  // values
+TensorAwait max(const TensorAwait& a, int dim, bool keepdim = false);  // values; NaN wins
+TensorAwait min(const TensorAwait& a, int dim, bool keepdim = false);  // values; NaN wins
+// The index (i64) of the first largest value along dim; a NaN counts as the largest.
+TensorAwait argmax(const TensorAwait& a, int dim, bool keepdim = false);
+// A reduction over the only dim of a 1-D tensor without keepdim gives a 0-d tensor (shape {}).
 TensorAwait softmax(const TensorAwait& a, int dim);
 // Over the last dim; gamma and beta have the last dim's extent.
 TensorAwait layer_norm(const TensorAwait& x, const TensorAwait& gamma, const TensorAwait& beta, float eps = 1e-5f);

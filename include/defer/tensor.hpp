@@ -8,15 +8,13 @@
 #include <vector>
 
 #include <defer/device.hpp>
+#include <defer/dtype.hpp>
 #include <defer/stream.hpp>
 
 namespace defer {
 
-enum class DType { f32, i32 };
 using Shape = std::vector<int64_t>;
 
-std::size_t dtype_size(DType t) noexcept;
-const char* dtype_name(DType t) noexcept;  // "f32", "i32"
 std::string shape_str(const Shape& s);     // "[2, 3]"
 
 namespace detail {
@@ -49,18 +47,23 @@ class Tensor {
 
 // Uninitialized storage allocated on the current stream of `device`.
 Tensor empty(Shape shape, DType dtype = DType::f32, Device device = default_device());
-// Every element set to `value` (converted to dtype), queued on the current stream of `device`.
+// Every element set to `value` converted to dtype (as to(x, dtype) converts), queued on the current
+// stream of `device`. std::invalid_argument when an integer dtype cannot hold the value.
 Tensor full(Shape shape, float value, DType dtype = DType::f32, Device device = default_device());
+// 0, 1, ..., end - 1 as dtype (end >= 0), queued on the current stream of `device`.
+Tensor arange(int64_t end, DType dtype = DType::i64, Device device = default_device());
 // Copies host values into a new f32 tensor; the copy is queued on the current stream of `device`.
 Tensor from_vector(const std::vector<float>& values, Shape shape, Device device = default_device());
-// Typed variant: T is float (f32) or int32_t (i32).
+// Typed variant: T is float (f32), int32_t (i32), int64_t (i64) or uint8_t (boolean: 0 or 1; any
+// nonzero byte is stored as 1).
 template <class T>
 Tensor from_host(const std::vector<T>& values, Shape shape, Device device = default_device());
 
-// f32 copy to host (i32 values are converted); completes the work queued on the current stream
-// of t's device first.
+// f32 copy to host (every dtype converted: f16/bf16 exactly, integers rounded, booleans 0 or 1);
+// completes the work queued on the current stream of t's device first.
 std::vector<float> to_vector(const Tensor& t);
-// Exact copy to host; T must match t's dtype (float for f32, int32_t for i32).
+// Exact copy to host; T must match t's dtype as from_host's (float f32, int32_t i32, int64_t i64,
+// uint8_t boolean), else std::invalid_argument.
 template <class T>
 std::vector<T> to_host(const Tensor& t);
 

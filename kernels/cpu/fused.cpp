@@ -11,7 +11,7 @@
 #include <memory>
 #include <vector>
 
-#include "cpu/elementwise_math.hpp"
+#include "dtype_dispatch.hpp"
 #include "cpu/fused_interpreter.hpp"
 #include "cpu/thread_pool.hpp"
 
@@ -40,8 +40,8 @@ Strided collapse(const FusedLayout& layout, std::size_t input) {
 
 }  // namespace
 
-const Plan& Planner::make(const FusedProgram& program, const FusedLayout& layout, const float* const* inputs,
-                          float* const* outputs) {
+const Plan& Planner::make(const FusedProgram& program, const FusedLayout& layout, const void* const* inputs,
+                          void* const* outputs) {
   const std::size_t count = program.code.size();
   plan.steps.clear();
   plan.copies.clear();
@@ -60,14 +60,12 @@ const Plan& Planner::make(const FusedProgram& program, const FusedLayout& layout
     if (first < 0) first = static_cast<int>(v);
     else canon[v] = static_cast<std::uint16_t>(first);
   }
-  auto operands = [&](const FusedInstr& in, std::uint16_t (&ops)[2]) -> int {
-    switch (in.kind) {
-      case FusedKind::load: return 0;
-      case FusedKind::unary:
-      case FusedKind::binary_scalar: ops[0] = canon[in.a]; return 1;
-      case FusedKind::binary: ops[0] = canon[in.a]; ops[1] = canon[in.b]; return 2;
-    }
-    return 0;
+  auto operands = [&](const FusedInstr& in, std::uint16_t (&ops)[kMaxOpTensors]) -> int {
+    if (in.kind == FusedKind::load) return 0;
+    const std::uint16_t values[] = {in.a, in.b, in.c};
+    const int k = info(in.op).tensors;
+    for (int j = 0; j < k; ++j) ops[j] = canon[values[j]];
+    return k;
   };
 
   // Only what the outputs need runs.
@@ -75,23 +73,25 @@ const Plan& Planner::make(const FusedProgram& program, const FusedLayout& layout
   for (std::uint16_t o : program.outputs) needed[canon[o]] = 1;
   for (std::size_t v = count; v-- > 0;) {
     if (!needed[v]) continue;
-    std::uint16_t ops[2] = {0, 0};
+    std::uint16_t ops[kMaxOpTensors] = {};
     const int k = operands(program.code[v], ops);
     for (int j = 0; j < k; ++j) needed[ops[j]] = 1;
   }
 
-  // A computed output value is written straight into its output's slice, unless an output shares
-  // its buffer with an input: then a later instruction of the chunk could read an input element
-  // already overwritten, so outputs are staged in buffers and copied out after the whole chunk.
+  // A computed output value is written straight into its output's slice when the output is f32,
+  // unless an output shares its buffer with an input: then a later instruction of the chunk could
+  // read an input element already overwritten, so outputs are staged in buffers and copied out
+  // after the whole chunk. Outputs of other dtypes are converted from a buffer.
   bool in_place = outputs != nullptr;
   for (std::size_t j = 0; j < program.outputs.size() && in_place; ++j)
     for (std::size_t i = 0; i < program.num_inputs; ++i)
-      if (static_cast<const float*>(outputs[j]) == inputs[i]) in_place = false;
+      if (static_cast<const void*>(outputs[j]) == inputs[i]) in_place = false;
   out_slot.assign(count, -1);
   if (in_place)
     for (std::size_t j = 0; j < program.outputs.size(); ++j) {
       const std::uint16_t v = canon[program.outputs[j]];
-      if (program.code[v].kind != FusedKind::load && out_slot[v] < 0) out_slot[v] = static_cast<int>(j);
+      if (program.code[v].kind != FusedKind::load && program.output_dtypes[j] == DType::f32 && out_slot[v] < 0)
+        out_slot[v] = static_cast<int>(j);
     }
 
   // Last reader of each value; values copied to an output live to the end of the chunk.
@@ -99,7 +99,7 @@ const Plan& Planner::make(const FusedProgram& program, const FusedLayout& layout
   last_use.assign(count, -1);
   for (std::size_t v = 0; v < count; ++v) {
     if (!needed[v] || canon[v] != v) continue;
-    std::uint16_t ops[2] = {0, 0};
+    std::uint16_t ops[kMaxOpTensors] = {};
     const int k = operands(program.code[v], ops);
     for (int j = 0; j < k; ++j) last_use[ops[j]] = static_cast<int>(v);
   }
@@ -122,32 +122,33 @@ const Plan& Planner::make(const FusedProgram& program, const FusedLayout& layout
     if (!needed[v] || canon[v] != v) continue;
     const FusedInstr& in = program.code[v];
     if (in.kind == FusedKind::load) {
-      if (plan.reads[in.a].contiguous()) {
+      const DType dtype = program.input_dtypes[in.a];
+      if (plan.reads[in.a].contiguous() && dtype == DType::f32) {
         where[v] = {Where::input, in.a};
       } else {
         where[v] = take_buffer();
-        plan.steps.push_back({in.kind, 0, where[v], {}, {}, in.a});
+        plan.steps.push_back({in.kind, in.op, dtype, where[v], {}, in.a});
       }
       continue;
     }
     where[v] = out_slot[v] >= 0 ? Ref{Where::output, out_slot[v]} : take_buffer();
-    std::uint16_t ops[2] = {0, 0};
+    std::uint16_t ops[kMaxOpTensors] = {};
     const int k = operands(in, ops);
-    Step step{in.kind, in.op, where[v], where[ops[0]], {}, 0};
-    if (in.kind == FusedKind::binary) step.b = where[ops[1]];
-    if (in.kind == FusedKind::binary_scalar) step.arg = in.b;
+    Step step{in.kind, in.op, in.dtype, where[v], {}, in.s};
+    for (int j = 0; j < k; ++j) step.src[j] = where[ops[j]];
     plan.steps.push_back(step);
     for (int j = 0; j < k; ++j) {
       const std::uint16_t u = ops[j];
-      if (last_use[u] == static_cast<int>(v) && where[u].where == Where::buffer && (j == 0 || ops[0] != u))
-        free_buffers.push_back(where[u].index);
+      bool first = true;  // an operand read twice by one op is freed once
+      for (int i = 0; i < j; ++i) first = first && ops[i] != u;
+      if (first && last_use[u] == static_cast<int>(v) && where[u].where == Where::buffer) free_buffers.push_back(where[u].index);
     }
   }
 
   for (std::size_t j = 0; j < program.outputs.size(); ++j) {
     const Ref src = where[canon[program.outputs[j]]];
     if (src.where == Where::output && src.index == static_cast<std::int32_t>(j)) continue;
-    plan.copies.push_back({static_cast<std::int32_t>(j), src});
+    plan.copies.push_back({static_cast<std::int32_t>(j), src, program.output_dtypes[j]});
   }
   return plan;
 }
@@ -157,31 +158,55 @@ namespace {
 // The per-instruction loops, defined twice: for the baseline x86-64 ISA (SSE2, 4 floats a vector)
 // and under #pragma GCC target("avx2") (8 floats a vector), picked at run time like matmul's
 // kernels. A chain of cheap ops is bound by these loops, not by memory, so the width matters. No
-// FMA and no fast-math: every vectorized op rounds exactly as its scalar form, so results stay
-// bit-identical to the one-op kernels. Operands never alias the result (see Planner::make), hence
-// __restrict, which spares the loops their run-time overlap checks.
-#define DEFER_FUSED_LOOPS                                                                                  \
-  template <class F>                                                                                       \
-  void unary_loop(F f, const float* __restrict x, float* __restrict out, i64 n) {                          \
-    for (i64 i = 0; i < n; ++i) out[i] = f(x[i]);                                                          \
-  }                                                                                                        \
-  template <class F>                                                                                       \
-  void binary_loop(F f, const float* __restrict a, const float* __restrict b, float* __restrict out, i64 n) { \
-    for (i64 i = 0; i < n; ++i) out[i] = f(a[i], b[i]);                                                    \
-  }                                                                                                        \
-  template <class F>                                                                                       \
-  void scalar_loop(F f, const float* __restrict a, float s, float* __restrict out, i64 n) {                \
-    for (i64 i = 0; i < n; ++i) out[i] = f(a[i], s);                                                       \
-  }                                                                                                        \
-  void unary(UnaryOp op, const float* x, float* out, i64 n) {                                              \
-    math::with_unary(op, [&](auto f) { unary_loop(f, x, out, n); });                                       \
-  }                                                                                                        \
-  void binary(BinaryOp op, const float* a, const float* b, float* out, i64 n) {                            \
-    math::with_binary(op, [&](auto f) { binary_loop(f, a, b, out, n); });                                  \
-  }                                                                                                        \
-  void scalar(BinaryOp op, const float* a, float s, float* out, i64 n) {                                   \
-    math::with_binary(op, [&](auto f) { scalar_loop(f, a, s, out, n); });                                  \
+// FMA and no fast-math: every vectorized op rounds exactly as its scalar form in
+// kernels/elementwise_math.h. Operands never alias the result (see Planner::make), hence
+// __restrict, which spares the loops their run-time overlap checks. One loop per op of the op
+// table, generated by DEFER_ELEMENTWISE_OPS: the switch on the op runs once per chunk.
+#define DEFER_FUSED_LOOPS                                                                                 \
+  template <int Tensors, int Scalars, class F>                                                            \
+  void op_loop(F f, const float* __restrict a, const float* __restrict b, const float* __restrict c,      \
+               const float* s, float* __restrict out, i64 n) {                                            \
+    if constexpr (Tensors == 1 && Scalars == 0) {                                                         \
+      for (i64 i = 0; i < n; ++i) out[i] = f(a[i]);                                                       \
+    } else if constexpr (Tensors == 1 && Scalars == 1) {                                                  \
+      const float s0 = s[0];                                                                              \
+      for (i64 i = 0; i < n; ++i) out[i] = f(a[i], s0);                                                   \
+    } else if constexpr (Tensors == 1 && Scalars == 2) {                                                  \
+      const float s0 = s[0], s1 = s[1];                                                                   \
+      for (i64 i = 0; i < n; ++i) out[i] = f(a[i], s0, s1);                                               \
+    } else if constexpr (Tensors == 2 && Scalars == 0) {                                                  \
+      for (i64 i = 0; i < n; ++i) out[i] = f(a[i], b[i]);                                                 \
+    } else if constexpr (Tensors == 2 && Scalars == 1) {                                                  \
+      const float s0 = s[0];                                                                              \
+      for (i64 i = 0; i < n; ++i) out[i] = f(a[i], b[i], s0);                                             \
+    } else {                                                                                              \
+      static_assert(Tensors == 3 && Scalars == 0, "an operand count the loops do not cover");             \
+      for (i64 i = 0; i < n; ++i) out[i] = f(a[i], b[i], c[i]);                                           \
+    }                                                                                                     \
+  }                                                                                                       \
+  template <OpResult Result, int Tensors, int Scalars, class F>                                           \
+  void op_or_cast(F f, DType dtype, const float* a, const float* b, const float* c, const float* s,       \
+                  float* out, i64 n) {                                                                    \
+    if constexpr (Result == OpResult::cast) {                                                             \
+      dispatch(dtype, [&](auto tag) {                                                                     \
+        op_loop<1, 0>([](float x) { return decltype(tag)::round(x); }, a, b, c, s, out, n);              \
+      });                                                                                                 \
+    } else {                                                                                              \
+      op_loop<Tensors, Scalars>(f, a, b, c, s, out, n);                                                   \
+    }                                                                                                     \
+  }                                                                                                       \
+  void op(ElementwiseOp op, DType dtype, const float* a, const float* b, const float* c, const float* s,  \
+          float* out, i64 n) {                                                                            \
+    switch (op) {                                                                                         \
+      DEFER_ELEMENTWISE_OPS(DEFER_LOOP_CASE)                                                              \
+    }                                                                                                     \
   }
+
+// `to` computes the rounding of its target dtype (its fn names no function); every other op its fn.
+#define DEFER_LOOP_CASE(id, name, tensors, scalars, fn, result, data)                                      \
+  case ElementwiseOp::id:                                                                                 \
+    op_or_cast<OpResult::result, tensors, scalars>([](auto... x) { return fn(x...); }, dtype, a, b, c, s, out, n); \
+    return;
 
 namespace baseline {
 DEFER_FUSED_LOOPS
@@ -197,8 +222,9 @@ DEFER_FUSED_LOOPS
 #pragma GCC pop_options
 #endif
 #undef DEFER_FUSED_LOOPS
+#undef DEFER_LOOP_CASE
 
-constexpr Loops kBaselineLoops{baseline::unary, baseline::binary, baseline::scalar};
+constexpr Loops kBaselineLoops{baseline::op};
 
 std::atomic<bool> g_force_portable{false};
 
@@ -218,18 +244,22 @@ bool use_avx2() {
 
 const Loops& loops() {
 #ifdef DEFER_FUSED_HAVE_AVX2
-  static constexpr Loops kAvx2Loops{avx2::unary, avx2::binary, avx2::scalar};
+  static constexpr Loops kAvx2Loops{avx2::op};
   if (use_avx2()) return kAvx2Loops;
 #endif
   return kBaselineLoops;
 }
 
+namespace {
+
 // Copies elements [start, start + len) of a strided input to out: an odometer over the collapsed
 // multi-index, one run per innermost row, with the common inner strides (broadcast, contiguous) as
-// a fill and a memcpy.
-void gather(const float* src, const Strided& s, i64 start, i64 len, float* __restrict out) {
+// a fill and a copy. Tag: the input's dtype, converted to f32 on the way.
+template <class Tag>
+void gather_as(const typename Tag::storage* src, const Strided& s, i64 start, i64 len, float* __restrict out) {
+  auto load = [](typename Tag::storage v) { return Tag::load(v); };
   if (s.ndim == 0) {  // one element, or every dim broadcast down to it
-    std::fill(out, out + len, src[0]);
+    std::fill(out, out + len, load(src[0]));
     return;
   }
   const int last = s.ndim - 1;
@@ -246,12 +276,17 @@ void gather(const float* src, const Strided& s, i64 start, i64 len, float* __res
   for (i64 done = 0;;) {
     const i64 pos = idx[last];
     const i64 run = std::min(inner - pos, len - done);
-    const float* p = src + offset;
+    const auto* p = src + offset;
     float* o = out + done;
-    if (step == 0) std::fill(o, o + run, *p);
-    else if (step == 1) std::memcpy(o, p, static_cast<std::size_t>(run) * sizeof(float));
-    else
-      for (i64 k = 0; k < run; ++k) o[k] = p[k * step];
+    if (step == 0) {
+      std::fill(o, o + run, load(*p));
+    } else if (step == 1) {
+      if constexpr (Tag::dtype == DType::f32) std::memcpy(o, p, static_cast<std::size_t>(run) * sizeof(float));
+      else
+        for (i64 k = 0; k < run; ++k) o[k] = load(p[k]);
+    } else {
+      for (i64 k = 0; k < run; ++k) o[k] = load(p[k * step]);
+    }
     done += run;
     if (done == len) return;
     offset -= pos * step;  // back to the row's start, then on to the next row
@@ -265,6 +300,25 @@ void gather(const float* src, const Strided& s, i64 start, i64 len, float* __res
       offset -= (s.shape[d] - 1) * s.stride[d];
     }
   }
+}
+
+}  // namespace
+
+void gather(const void* src, DType dtype, const Strided& s, i64 start, i64 len, float* __restrict out) {
+  dispatch(dtype, [&](auto tag) {
+    using Tag = decltype(tag);
+    gather_as<Tag>(static_cast<const typename Tag::storage*>(src), s, start, len, out);
+  });
+}
+
+void store(const float* src, DType dtype, i64 len, void* out) {
+  dispatch(dtype, [&](auto tag) {
+    using Tag = decltype(tag);
+    auto* to = static_cast<typename Tag::storage*>(out);
+    if constexpr (Tag::dtype == DType::f32) std::memmove(to, src, static_cast<std::size_t>(len) * sizeof(float));
+    else
+      for (i64 i = 0; i < len; ++i) to[i] = Tag::store(src[i]);
+  });
 }
 
 }  // namespace fused_internal
@@ -283,13 +337,13 @@ bool fused_force_portable(bool force) noexcept {
 }
 }  // namespace detail
 
-void run_fused(const FusedProgram& program, const FusedLayout& layout, const float* const* inputs,
-               float* const* outputs, const float* scalars) {
+void run_fused(const FusedProgram& program, const FusedLayout& layout, const void* const* inputs,
+               void* const* outputs, const float* scalars) {
   run_fused(program, layout, inputs, outputs, scalars, FusedRunOptions{});
 }
 
-void run_fused(const FusedProgram& program, const FusedLayout& layout, const float* const* inputs,
-               float* const* outputs, const float* scalars, const FusedRunOptions& options) {
+void run_fused(const FusedProgram& program, const FusedLayout& layout, const void* const* inputs,
+               void* const* outputs, const float* scalars, const FusedRunOptions& options) {
   using namespace fused_internal;
   if (program.reduction) {
     run_fused_reduction(program, layout, inputs, outputs[0], scalars, options);

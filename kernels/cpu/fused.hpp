@@ -28,8 +28,9 @@ struct FusedRunOptions {
 };
 
 // Evaluates `program` for each of the layout.numel() output elements: outputs[j] receives value
-// program.outputs[j], contiguous with layout.shape. inputs[i] is read through layout.strides[i]
-// (see FusedLayout); scalars[k] is the k-th scalar (may be null when the program has none).
+// program.outputs[j] as program.output_dtypes[j], contiguous with layout.shape. inputs[i] holds
+// program.input_dtypes[i] elements read through layout.strides[i] (see FusedLayout); scalars[k] is
+// the k-th scalar (may be null when the program has none).
 // With program.reduction, layout.shape is the domain and outputs[0] receives the
 // layout.reduce.outer * layout.reduce.inner reduced values (row-major [outer, inner]), with the
 // semantics of the unfused reduce kernel; outputs[0] must not overlap any input.
@@ -41,9 +42,9 @@ struct FusedRunOptions {
 // (a CPU stream's worker) and, for large outputs, the pool's workers; never touches streams.
 // Keeps a small per-thread workspace (the plan's vectors and the single-threaded chunk buffers)
 // that later calls on the same thread reuse, so small calls do not allocate.
-void run_fused(const FusedProgram& program, const FusedLayout& layout, const float* const* inputs,
-               float* const* outputs, const float* scalars);
-void run_fused(const FusedProgram& program, const FusedLayout& layout, const float* const* inputs,
-               float* const* outputs, const float* scalars, const FusedRunOptions& options);
+void run_fused(const FusedProgram& program, const FusedLayout& layout, const void* const* inputs,
+               void* const* outputs, const float* scalars);
+void run_fused(const FusedProgram& program, const FusedLayout& layout, const void* const* inputs,
+               void* const* outputs, const float* scalars, const FusedRunOptions& options);
 
 }  // namespace defer::kernels::cpu

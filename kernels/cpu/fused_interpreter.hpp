@@ -46,16 +46,18 @@ struct Ref {
 
 struct Step {
   FusedKind kind;
-  std::uint8_t op;
+  ElementwiseOp op;
+  DType dtype;      // load: the input's dtype; op == to: the dtype cast to
   Ref dst;
-  Ref a;
-  Ref b;               // binary only
-  std::int32_t arg;    // load: the input; binary_scalar: the scalar
+  Ref src[kMaxOpTensors];  // op: its operands
+  std::int32_t arg;        // load: the input; op: its first scalar
 };
 
+// Output `output` takes the chunk of a value at `src`, converted to its dtype.
 struct Copy {
   std::int32_t output;
   Ref src;
+  DType dtype;
 };
 
 struct Plan {
@@ -80,23 +82,24 @@ struct Planner {
 
   // outputs == nullptr: nothing is computed into an output; plan.copies[j].src then says where
   // output j's value lives in a chunk, for a caller that reads it there (the reduction driver).
-  const Plan& make(const FusedProgram& program, const FusedLayout& layout, const float* const* inputs,
-                   float* const* outputs);
+  const Plan& make(const FusedProgram& program, const FusedLayout& layout, const void* const* inputs,
+                   void* const* outputs);
 };
 
-// The per-instruction loops of the ISA picked at run time (baseline SSE2 or AVX2).
+// The per-instruction loop of the ISA picked at run time (baseline SSE2 or AVX2): out[i] = the op
+// of a[i], b[i], c[i] (as many as it takes) and its scalars.
 struct Loops {
-  void (*unary)(UnaryOp, const float*, float*, i64);
-  void (*binary)(BinaryOp, const float*, const float*, float*, i64);
-  void (*scalar)(BinaryOp, const float*, float, float*, i64);
+  void (*op)(ElementwiseOp, DType, const float*, const float*, const float*, const float*, float*, i64);
 };
 const Loops& loops();
 
 // Whether the AVX2 variants should run: the CPU has AVX2 and the testing hook does not forbid it.
 bool use_avx2();
 
-// Copies elements [start, start + len) of a strided input to out.
-void gather(const float* src, const Strided& s, i64 start, i64 len, float* __restrict out);
+// Copies elements [start, start + len) of a strided input of `dtype` to out, converted to f32.
+void gather(const void* src, DType dtype, const Strided& s, i64 start, i64 len, float* __restrict out);
+// Converts len floats to `dtype` at out (an element pointer of that dtype).
+void store(const float* src, DType dtype, i64 len, void* out);
 
 // Aligns a pointer up to a cache line.
 inline float* cache_line_aligned(float* p) {
@@ -125,16 +128,17 @@ class Scratch {
 struct Interpreter {
   const Plan& plan;
   const Loops& loops;
-  const float* const* inputs;
-  float* const* outputs;  // null for a plan made without outputs
+  const void* const* inputs;
+  void* const* outputs;  // null for a plan made without outputs
   const float* scalars;
   i64 stride;  // floats from one chunk buffer to the next in scratch
 
-  // Where element `start` of a value lives in the chunk that starts there.
+  // Where element `start` of a value lives in the chunk that starts there. Values live in inputs
+  // and outputs only where those are f32 (Planner::make).
   const float* source(Ref r, i64 start, float* scratch) const {
     switch (r.where) {
-      case Where::input: return inputs[r.index] + start;
-      case Where::output: return outputs[r.index] + start;
+      case Where::input: return static_cast<const float*>(inputs[r.index]) + start;
+      case Where::output: return static_cast<const float*>(outputs[r.index]) + start;
       case Where::buffer: break;
     }
     return scratch + r.index * stride;
@@ -144,21 +148,16 @@ struct Interpreter {
   // plan.buffers chunks; outputs not computed in place are left where plan.copies says.
   void compute(i64 start, i64 len, float* scratch) const {
     auto dst = [&](Ref r) -> float* {
-      return r.where == Where::output ? outputs[r.index] + start : scratch + r.index * stride;
+      return r.where == Where::output ? static_cast<float*>(outputs[r.index]) + start : scratch + r.index * stride;
     };
     for (const Step& st : plan.steps) {
       float* out = dst(st.dst);
-      switch (st.kind) {
-        case FusedKind::load: gather(inputs[st.arg], plan.reads[static_cast<std::size_t>(st.arg)], start, len, out); break;
-        case FusedKind::unary: loops.unary(static_cast<UnaryOp>(st.op), source(st.a, start, scratch), out, len); break;
-        case FusedKind::binary:
-          loops.binary(static_cast<BinaryOp>(st.op), source(st.a, start, scratch), source(st.b, start, scratch), out,
-                       len);
-          break;
-        case FusedKind::binary_scalar:
-          loops.scalar(static_cast<BinaryOp>(st.op), source(st.a, start, scratch), scalars[st.arg], out, len);
-          break;
+      if (st.kind == FusedKind::load) {
+        gather(inputs[st.arg], st.dtype, plan.reads[static_cast<std::size_t>(st.arg)], start, len, out);
+        continue;
       }
+      loops.op(st.op, st.dtype, source(st.src[0], start, scratch), source(st.src[1], start, scratch),
+               source(st.src[2], start, scratch), scalars + st.arg, out, len);
     }
   }
 
@@ -167,14 +166,14 @@ struct Interpreter {
     compute(start, len, scratch);
     for (const Copy& c : plan.copies) {
       const float* from = source(c.src, start, scratch);
-      float* to = outputs[c.output] + start;
-      if (from != to) std::memmove(to, from, static_cast<std::size_t>(len) * sizeof(float));
+      auto* to = static_cast<unsigned char*>(outputs[c.output]) + start * static_cast<i64>(dtype_size(c.dtype));
+      if (static_cast<const void*>(from) != static_cast<const void*>(to)) store(from, c.dtype, len, to);
     }
   }
 };
 
 // Runs a program that ends in a reduction (fused_reduce.cpp); run_fused's preconditions hold.
-void run_fused_reduction(const FusedProgram& program, const FusedLayout& layout, const float* const* inputs,
-                         float* output, const float* scalars, const FusedRunOptions& options);
+void run_fused_reduction(const FusedProgram& program, const FusedLayout& layout, const void* const* inputs,
+                         void* output, const float* scalars, const FusedRunOptions& options);
 
 }  // namespace defer::kernels::cpu::fused_internal

@@ -12,13 +12,15 @@
 //   row segments is contiguous and runs as its own chunk(s), so the accumulators stay bounded.
 // Accuracy and semantics follow the unfused kernels (cpu/reduce.cpp): sums accumulate in double
 // with kLanes independent accumulators along a row (vectorizes without reassociating one sum);
-// mean is sum / n; max sticks at NaN; an empty reduction is 0 for sum and NaN for mean and max.
+// mean is sum / n; max and min stick at NaN; an empty reduction is 0 for sum and NaN for the rest.
+// A result of another dtype than f32 is reduced in f32 and converted once at the end.
 // Large domains are split across the pool by whole blocks or tiles, so every output is reduced
 // by one thread in one order.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 #include "cpu/fused_interpreter.hpp"
 #include "cpu/thread_pool.hpp"
@@ -33,9 +35,11 @@ constexpr i64 kColumns = 512;
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-// max that sticks at NaN: once m is NaN, neither test can replace it. (Bitwise | rather than ||:
-// no branch, so the lane loops vectorize.)
+// max and min that stick at NaN: once m is NaN, neither test can replace it. (Bitwise | rather
+// than ||: no branch, so the lane loops vectorize.)
 inline float max_nan(float m, float v) { return ((v > m) | (v != v)) ? v : m; }
+inline float min_nan(float m, float v) { return ((v < m) | (v != v)) ? v : m; }
+constexpr float kPosInf = std::numeric_limits<float>::infinity();
 
 // The folding loops, compiled for the baseline ISA and for AVX2 like the interpreter's loops.
 // sum_run/max_run reduce a contiguous run of one row (inner == 1); sum_rows/max_rows add `rows`
@@ -51,18 +55,23 @@ inline float max_nan(float m, float v) { return ((v > m) | (v != v)) ? v : m; }
     for (; j < n; ++j) s += static_cast<double>(x[j]);                                              \
     return s;                                                                                       \
   }                                                                                                 \
-  float max_run(const float* __restrict x, i64 n) {                                                 \
+  template <bool Max>                                                                               \
+  float extreme_run(const float* __restrict x, i64 n) {                                             \
+    constexpr float kStart = Max ? kNegInf : kPosInf;                                               \
+    auto pick = [](float m, float v) { return Max ? max_nan(m, v) : min_nan(m, v); };               \
     float acc[kLanes];                                                                              \
-    for (float& v : acc) v = kNegInf;                                                               \
+    for (float& v : acc) v = kStart;                                                                \
     i64 j = 0;                                                                                      \
     for (; j + kLanes <= n; j += kLanes) {                                                          \
-      _Pragma("GCC unroll 1") for (int l = 0; l < kLanes; ++l) acc[l] = max_nan(acc[l], x[j + l]);  \
+      _Pragma("GCC unroll 1") for (int l = 0; l < kLanes; ++l) acc[l] = pick(acc[l], x[j + l]);     \
     }                                                                                               \
-    float m = kNegInf;                                                                              \
-    for (int l = 0; l < kLanes; ++l) m = max_nan(m, acc[l]);                                        \
-    for (; j < n; ++j) m = max_nan(m, x[j]);                                                        \
+    float m = kStart;                                                                               \
+    for (int l = 0; l < kLanes; ++l) m = pick(m, acc[l]);                                           \
+    for (; j < n; ++j) m = pick(m, x[j]);                                                           \
     return m;                                                                                       \
   }                                                                                                 \
+  float max_run(const float* __restrict x, i64 n) { return extreme_run<true>(x, n); }               \
+  float min_run(const float* __restrict x, i64 n) { return extreme_run<false>(x, n); }              \
   void sum_rows(double* __restrict acc, const float* __restrict x, i64 rows, i64 width) {           \
     for (i64 r = 0; r < rows; ++r, x += width)                                                      \
       for (i64 i = 0; i < width; ++i) acc[i] += static_cast<double>(x[i]);                          \
@@ -70,6 +79,10 @@ inline float max_nan(float m, float v) { return ((v > m) | (v != v)) ? v : m; }
   void max_rows(float* __restrict acc, const float* __restrict x, i64 rows, i64 width) {            \
     for (i64 r = 0; r < rows; ++r, x += width)                                                      \
       for (i64 i = 0; i < width; ++i) acc[i] = max_nan(acc[i], x[i]);                               \
+  }                                                                                                 \
+  void min_rows(float* __restrict acc, const float* __restrict x, i64 rows, i64 width) {            \
+    for (i64 r = 0; r < rows; ++r, x += width)                                                      \
+      for (i64 i = 0; i < width; ++i) acc[i] = min_nan(acc[i], x[i]);                               \
   }
 
 namespace baseline {
@@ -90,20 +103,23 @@ DEFER_REDUCE_LOOPS
 struct FoldLoops {
   double (*sum_run)(const float*, i64);
   float (*max_run)(const float*, i64);
+  float (*min_run)(const float*, i64);
   void (*sum_rows)(double*, const float*, i64, i64);
   void (*max_rows)(float*, const float*, i64, i64);
+  void (*min_rows)(float*, const float*, i64, i64);
 };
 
 const FoldLoops& fold_loops() {
-  static constexpr FoldLoops kBaseline{baseline::sum_run, baseline::max_run, baseline::sum_rows, baseline::max_rows};
+  static constexpr FoldLoops kBaseline{baseline::sum_run,  baseline::max_run,  baseline::min_run,
+                                       baseline::sum_rows, baseline::max_rows, baseline::min_rows};
 #ifdef DEFER_REDUCE_HAVE_AVX2
-  static constexpr FoldLoops kAvx2{avx2::sum_run, avx2::max_run, avx2::sum_rows, avx2::max_rows};
+  static constexpr FoldLoops kAvx2{avx2::sum_run, avx2::max_run, avx2::min_run, avx2::sum_rows, avx2::max_rows, avx2::min_rows};
   if (use_avx2()) return kAvx2;
 #endif
   return kBaseline;
 }
 
-// One thread's accumulators for up to kColumns columns.
+// One thread's accumulators for up to kColumns columns (max holds min's too).
 struct Accumulators {
   double sum[kColumns];
   float max[kColumns];
@@ -118,8 +134,10 @@ struct Reducer {
   i64 chunk;
   float* out;
 
+  bool extreme() const { return op == ReduceOp::max || op == ReduceOp::min; }
+
   void reset(Accumulators& acc, i64 width) const {
-    if (op == ReduceOp::max) std::fill_n(acc.max, width, kNegInf);
+    if (extreme()) std::fill_n(acc.max, width, op == ReduceOp::max ? kNegInf : kPosInf);
     else std::fill_n(acc.sum, width, 0.0);
   }
 
@@ -127,13 +145,22 @@ struct Reducer {
     switch (op) {
       case ReduceOp::sum: return static_cast<float>(acc.sum[i]);
       case ReduceOp::mean: return static_cast<float>(acc.sum[i] / static_cast<double>(n));
-      case ReduceOp::max: return acc.max[i];
+      case ReduceOp::max:
+      case ReduceOp::min: return acc.max[i];
+      case ReduceOp::argmax: break;  // never fused (validate)
     }
     return kNaN;
   }
 
+  void fold_run(Accumulators& acc, const float* v, i64 len) const {
+    if (op == ReduceOp::max) acc.max[0] = max_nan(acc.max[0], fold.max_run(v, len));
+    else if (op == ReduceOp::min) acc.max[0] = min_nan(acc.max[0], fold.min_run(v, len));
+    else acc.sum[0] += fold.sum_run(v, len);
+  }
+
   void fold_rows(Accumulators& acc, i64 column, const float* v, i64 rows, i64 width) const {
     if (op == ReduceOp::max) fold.max_rows(acc.max + column, v, rows, width);
+    else if (op == ReduceOp::min) fold.min_rows(acc.max + column, v, rows, width);
     else fold.sum_rows(acc.sum + column, v, rows, width);
   }
 
@@ -151,8 +178,7 @@ struct Reducer {
       while (len > 0) {
         if (inner == 1) {
           const i64 seg = std::min(n - k, len);
-          if (op == ReduceOp::max) acc.max[0] = max_nan(acc.max[0], fold.max_run(v, seg));
-          else acc.sum[0] += fold.sum_run(v, seg);
+          fold_run(acc, v, seg);
           k += seg;
           v += seg;
           len -= seg;
@@ -206,13 +232,11 @@ struct Reducer {
   }
 };
 
-}  // namespace
-
-void run_fused_reduction(const FusedProgram& program, const FusedLayout& layout, const float* const* inputs,
-                         float* output, const float* scalars, const FusedRunOptions& options) {
+// run_fused_reduction into f32 outputs.
+void reduce_into(const FusedProgram& program, const FusedLayout& layout, const void* const* inputs, float* output,
+                 const float* scalars, const FusedRunOptions& options) {
   const ReduceOp op = program.reduction->op;
   const i64 outer = layout.reduce.outer, n = layout.reduce.n, inner = layout.reduce.inner;
-  if (outer <= 0 || inner <= 0) return;  // no outputs
   if (n <= 0) {  // the empty reduction, as the unfused kernel writes it
     std::fill_n(output, outer * inner, op == ReduceOp::sum ? 0.f : kNaN);
     return;
@@ -255,6 +279,23 @@ void run_fused_reduction(const FusedProgram& program, const FusedLayout& layout,
   pool->parallel_for(tasks, [&](i64 task, unsigned slot) {
     run_units(task * per_task, std::min(units, (task + 1) * per_task), scratch.data() + per_thread * slot);
   });
+}
+
+}  // namespace
+
+void run_fused_reduction(const FusedProgram& program, const FusedLayout& layout, const void* const* inputs,
+                         void* output, const float* scalars, const FusedRunOptions& options) {
+  const i64 outputs = layout.reduce.outer * layout.reduce.inner;
+  if (outputs <= 0) return;
+  const DType dtype = program.output_dtypes[0];
+  if (dtype == DType::f32) {
+    reduce_into(program, layout, inputs, static_cast<float*>(output), scalars, options);
+    return;
+  }
+  // Another dtype: reduce in f32, round once.
+  std::vector<float> staged(static_cast<std::size_t>(outputs));
+  reduce_into(program, layout, inputs, staged.data(), scalars, options);
+  store(staged.data(), dtype, outputs, output);
 }
 
 }  // namespace defer::kernels::cpu::fused_internal

@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <stdexcept>
+#include <string>
 
 #include "cpu/ops.hpp"
 
@@ -214,16 +216,18 @@ void matmul(const float* a, const float* b, float* c, std::int64_t batch, std::i
     fn(a + i * a_batch_stride, k, b + i * b_batch_stride, n, c + i * m * n, n, m, k, n);
 }
 
-void transpose(const float* x, float* out, std::int64_t batch, std::int64_t rows, std::int64_t cols) {
-  if (batch <= 0 || rows <= 0 || cols <= 0) return;
+namespace {
+
+template <class T>
+void transpose_as(const T* x, T* out, std::int64_t batch, std::int64_t rows, std::int64_t cols) {
   if (rows == 1 || cols == 1) {  // a vector: the same elements in the same order
     std::copy_n(x, batch * rows * cols, out);
     return;
   }
   constexpr std::int64_t kTile = 32;
   for (std::int64_t bi = 0; bi < batch; ++bi) {
-    const float* xs = x + bi * rows * cols;
-    float* os = out + bi * rows * cols;
+    const T* xs = x + bi * rows * cols;
+    T* os = out + bi * rows * cols;
     for (std::int64_t r0 = 0; r0 < rows; r0 += kTile) {
       const std::int64_t r1 = std::min(rows, r0 + kTile);
       for (std::int64_t c0 = 0; c0 < cols; c0 += kTile) {
@@ -232,6 +236,20 @@ void transpose(const float* x, float* out, std::int64_t batch, std::int64_t rows
           for (std::int64_t r = r0; r < r1; ++r) os[c * rows + r] = xs[r * cols + c];
       }
     }
+  }
+}
+
+}  // namespace
+
+void transpose(std::size_t element_bytes, const void* x, void* out, std::int64_t batch, std::int64_t rows,
+               std::int64_t cols) {
+  if (batch <= 0 || rows <= 0 || cols <= 0) return;
+  switch (element_bytes) {
+    case 1: return transpose_as(static_cast<const std::uint8_t*>(x), static_cast<std::uint8_t*>(out), batch, rows, cols);
+    case 2: return transpose_as(static_cast<const std::uint16_t*>(x), static_cast<std::uint16_t*>(out), batch, rows, cols);
+    case 4: return transpose_as(static_cast<const std::uint32_t*>(x), static_cast<std::uint32_t*>(out), batch, rows, cols);
+    case 8: return transpose_as(static_cast<const std::uint64_t*>(x), static_cast<std::uint64_t*>(out), batch, rows, cols);
+    default: throw std::invalid_argument("transpose: no kernel for elements of " + std::to_string(element_bytes) + " bytes");
   }
 }
 

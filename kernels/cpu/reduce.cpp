@@ -18,9 +18,19 @@ constexpr std::int64_t kChunk = 256;  // columns per pass of a strided reduction
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-// max that sticks at NaN: once m is NaN, neither test can replace it. (Bitwise | rather than ||:
-// no branch, so the lane loops vectorize.)
+constexpr float kPosInf = std::numeric_limits<float>::infinity();
+
+// max and min that stick at NaN: once m is NaN, neither test can replace it. (Bitwise | rather
+// than ||: no branch, so the lane loops vectorize.)
 inline float max_nan(float m, float v) { return ((v > m) | (v != v)) ? v : m; }
+inline float min_nan(float m, float v) { return ((v < m) | (v != v)) ? v : m; }
+
+// The identity and the combine of max (Max) or min.
+template <bool Max>
+struct Extreme {
+  static constexpr float start = Max ? kNegInf : kPosInf;
+  static float pick(float m, float v) { return Max ? max_nan(m, v) : min_nan(m, v); }
+};
 
 double sum_row(const float* x, std::int64_t n) {
   double acc[kLanes] = {};
@@ -51,21 +61,25 @@ double sq_dev_row(const float* x, std::int64_t n, double mean) {
   return s;
 }
 
-// max of a row, NaN if any element is NaN, -inf for n == 0
-float max_row(const float* x, std::int64_t n) {
+// max (min) of a row, NaN if any element is NaN, -inf (inf) for n == 0
+template <bool Max>
+float extreme_row(const float* x, std::int64_t n) {
+  using E = Extreme<Max>;
   float acc[kLanes];
-  for (float& v : acc) v = kNegInf;
+  for (float& v : acc) v = E::start;
   std::int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {
     // kept as a loop (not unrolled into kLanes selects) so that it is vectorized as one
 #pragma GCC unroll 1
-    for (int l = 0; l < kLanes; ++l) acc[l] = max_nan(acc[l], x[j + l]);
+    for (int l = 0; l < kLanes; ++l) acc[l] = E::pick(acc[l], x[j + l]);
   }
-  float m = kNegInf;
-  for (int l = 0; l < kLanes; ++l) m = max_nan(m, acc[l]);
-  for (; j < n; ++j) m = max_nan(m, x[j]);
+  float m = E::start;
+  for (int l = 0; l < kLanes; ++l) m = E::pick(m, acc[l]);
+  for (; j < n; ++j) m = E::pick(m, x[j]);
   return m;
 }
+
+float max_row(const float* x, std::int64_t n) { return extreme_row<true>(x, n); }
 
 void reduce_rows(ReduceOp op, const float* x, float* out, std::int64_t rows, std::int64_t n) {
   for (std::int64_t r = 0; r < rows; ++r) {
@@ -73,7 +87,9 @@ void reduce_rows(ReduceOp op, const float* x, float* out, std::int64_t rows, std
     switch (op) {
       case ReduceOp::sum: out[r] = static_cast<float>(sum_row(row, n)); break;
       case ReduceOp::mean: out[r] = static_cast<float>(sum_row(row, n) / static_cast<double>(n)); break;
-      case ReduceOp::max: out[r] = max_row(row, n); break;
+      case ReduceOp::max: out[r] = extreme_row<true>(row, n); break;
+      case ReduceOp::min: out[r] = extreme_row<false>(row, n); break;
+      case ReduceOp::argmax: break;  // argmax() below
     }
   }
 }
@@ -87,11 +103,15 @@ void reduce_strided(ReduceOp op, const float* x, float* out, std::int64_t outer,
     float* oo = out + o * inner;
     for (std::int64_t i0 = 0; i0 < inner; i0 += kChunk) {
       const std::int64_t w = std::min(kChunk, inner - i0);
-      if (op == ReduceOp::max) {
-        for (std::int64_t i = 0; i < w; ++i) macc[i] = kNegInf;
+      if (op == ReduceOp::max || op == ReduceOp::min) {
+        const bool is_max = op == ReduceOp::max;
+        for (std::int64_t i = 0; i < w; ++i) macc[i] = is_max ? kNegInf : kPosInf;
         for (std::int64_t j = 0; j < n; ++j) {
           const float* row = xo + j * inner + i0;
-          for (std::int64_t i = 0; i < w; ++i) macc[i] = max_nan(macc[i], row[i]);
+          if (is_max)
+            for (std::int64_t i = 0; i < w; ++i) macc[i] = max_nan(macc[i], row[i]);
+          else
+            for (std::int64_t i = 0; i < w; ++i) macc[i] = min_nan(macc[i], row[i]);
         }
         for (std::int64_t i = 0; i < w; ++i) oo[i0 + i] = macc[i];
       } else {
@@ -168,6 +188,24 @@ void reduce(ReduceOp op, const float* x, float* out, std::int64_t outer, std::in
   }
   if (inner == 1) reduce_rows(op, x, out, outer, n);
   else reduce_strided(op, x, out, outer, n, inner);
+}
+
+void argmax(const float* x, std::int64_t* out, std::int64_t outer, std::int64_t n, std::int64_t inner) {
+  for (std::int64_t o = 0; o < outer; ++o)
+    for (std::int64_t i = 0; i < inner; ++i) {
+      const float* p = x + o * n * inner + i;
+      std::int64_t best = 0;
+      float m = n > 0 ? p[0] : kNaN;
+      // The first maximum; a NaN counts as the largest value (torch.argmax), so the first NaN wins.
+      for (std::int64_t j = 1; j < n && m == m; ++j) {
+        const float v = p[j * inner];
+        if (v > m || v != v) {
+          m = v;
+          best = j;
+        }
+      }
+      out[o * inner + i] = best;
+    }
 }
 
 void softmax(const float* x, float* out, std::int64_t outer, std::int64_t n, std::int64_t inner) {

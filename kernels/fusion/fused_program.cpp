@@ -7,172 +7,142 @@
 namespace defer::kernels {
 namespace {
 
-constexpr unsigned kUnaryOpCount = static_cast<unsigned>(UnaryOp::gelu_tanh) + 1;
-constexpr unsigned kBinaryOpCount = static_cast<unsigned>(BinaryOp::minimum) + 1;
-constexpr unsigned kReduceOpCount = static_cast<unsigned>(ReduceOp::max) + 1;
-
-// Input i is read contiguously when its flat offset equals the output's flat index: every
-// dimension that has more than one element steps by the output's row-major stride. Dimensions of
-// extent 0 or 1 never move the index, so their strides do not matter.
-bool input_contiguous(const FusedLayout& layout, std::size_t i) {
-  const auto& stride = layout.strides[i];
-  std::int64_t row_major = 1;
-  for (int d = layout.ndim - 1; d >= 0; --d) {
-    const auto du = static_cast<std::size_t>(d);
-    const std::int64_t extent = layout.shape[du];
-    if (extent > 1 && stride[du] != row_major) return false;
-    row_major *= extent;
-  }
-  return true;
-}
-
-const char* kind_name(FusedKind kind) {
-  switch (kind) {
-    case FusedKind::load: return "load";
-    case FusedKind::unary: return "unary";
-    case FusedKind::binary: return "binary";
-    case FusedKind::binary_scalar: return "binary_scalar";
-  }
-  return "?";
-}
-
 [[noreturn]] void fail(const std::string& what) { throw std::invalid_argument("fused program: " + what); }
 
-std::string at(std::size_t i, FusedKind kind) {
-  return "instruction " + std::to_string(i) + " (" + kind_name(kind) + ")";
+std::string str(std::int64_t v) { return std::to_string(v); }
+
+std::string at(std::size_t i) { return "instruction " + std::to_string(i); }
+
+bool known_dtype(DType t) { return static_cast<std::size_t>(t) < detail::kDTypeCount; }
+
+void check_caps(const FusedProgram& program) {
+  auto cap = [](std::size_t have, int limit, const char* what) {
+    if (have > static_cast<std::size_t>(limit))
+      fail(str(static_cast<std::int64_t>(have)) + " " + what + " exceed the cap of " + str(limit));
+  };
+  cap(program.num_inputs, kMaxFusedInputs, "inputs");
+  cap(program.outputs.size(), kMaxFusedOutputs, "outputs");
+  cap(program.num_scalars, kMaxFusedScalars, "scalars");
+  cap(program.code.size(), kMaxFusedInstructions, "instructions");
 }
 
 }  // namespace
 
-bool FusedLayout::all_contiguous() const noexcept {
-  for (std::size_t i = 0; i < strides.size(); ++i)
-    if (!input_contiguous(*this, i)) return false;
-  return true;
-}
-
-// Grammar, one token per item, no separators needed because every token starts with a letter:
-//   "n<inputs>s<scalars>d<ndim>" then per input 'c' (contiguous) or 'g' (gathered through strides),
-//   then per instruction "L<input>", "U<op>.<a>", "B<op>.<a>.<b>" or "S<op>.<a>.<scalar>",
-//   then per output "=<value>", then for a reduction "R<op>.<value>" and 'r' when the reduced
-//   rows are contiguous (inner == 1) or 'c' when they are columns.
-std::string structure_key(const FusedProgram& program, const FusedLayout& layout) {
-  std::string key;
-  key.reserve(16 + layout.strides.size() + program.code.size() * 8 + program.outputs.size() * 4);
-  key += 'n';
-  key += std::to_string(program.num_inputs);
-  key += 's';
-  key += std::to_string(program.num_scalars);
-  key += 'd';
-  key += std::to_string(layout.ndim);
-  key += ':';
-  for (std::size_t i = 0; i < layout.strides.size(); ++i) key += input_contiguous(layout, i) ? 'c' : 'g';
-  for (const FusedInstr& in : program.code) {
-    switch (in.kind) {
-      case FusedKind::load:
-        key += 'L';
-        key += std::to_string(in.a);
-        continue;
-      case FusedKind::unary:
-        key += 'U';
-        key += std::to_string(in.op);
-        key += '.';
-        key += std::to_string(in.a);
-        continue;
-      case FusedKind::binary: key += 'B'; break;
-      case FusedKind::binary_scalar: key += 'S'; break;
-      default: key += '?'; break;  // malformed (validate rejects it); still deterministic
+InputAccess input_access(const FusedLayout& layout, std::size_t input) noexcept {
+  const auto& strides = layout.strides[input];
+  bool flat = true;
+  bool uniform = true;
+  std::int64_t expected = 1;
+  for (int d = layout.ndim - 1; d >= 0; --d) {
+    const auto u = static_cast<std::size_t>(d);
+    const std::int64_t extent = layout.shape[u];
+    if (extent != 1) {  // dims of extent 1 never move the index: their strides do not matter
+      if (strides[u] != expected) flat = false;
+      if (strides[u] != 0) uniform = false;
     }
-    key += std::to_string(in.op);
-    key += '.';
-    key += std::to_string(in.a);
-    key += '.';
-    key += std::to_string(in.b);
+    expected *= extent;
   }
-  for (std::uint16_t out : program.outputs) {
-    key += '=';
-    key += std::to_string(out);
-  }
-  if (program.reduction) {
-    key += 'R';
-    key += std::to_string(static_cast<unsigned>(program.reduction->op));
-    key += '.';
-    key += std::to_string(program.reduction->value);
-    key += layout.reduce.inner == 1 ? 'r' : 'c';
-  }
-  return key;
+  if (flat) return InputAccess::flat;
+  return uniform ? InputAccess::uniform : InputAccess::strided;
 }
 
 void validate(const FusedProgram& program, const FusedLayout& layout) {
+  check_caps(program);
   if (program.outputs.empty()) fail("has no outputs");
   if (layout.ndim < 0 || layout.ndim > kMaxDims)
-    fail("layout ndim " + std::to_string(layout.ndim) + " is outside [0, " + std::to_string(kMaxDims) + "]");
+    fail("layout ndim " + str(layout.ndim) + " is outside [0, " + str(kMaxDims) + "]");
   for (int d = 0; d < layout.ndim; ++d)
     if (layout.shape[static_cast<std::size_t>(d)] < 0)
-      fail("layout dimension " + std::to_string(d) + " has negative extent " +
-           std::to_string(layout.shape[static_cast<std::size_t>(d)]));
+      fail("layout dimension " + str(d) + " has negative extent " + str(layout.shape[static_cast<std::size_t>(d)]));
   if (layout.strides.size() != program.num_inputs)
-    fail("layout has strides for " + std::to_string(layout.strides.size()) + " inputs, the program has " +
-         std::to_string(program.num_inputs));
+    fail("layout has strides for " + str(static_cast<std::int64_t>(layout.strides.size())) + " inputs, the program has " +
+         str(program.num_inputs));
+  if (program.input_dtypes.size() != program.num_inputs || program.output_dtypes.size() != program.outputs.size())
+    fail("dtypes are not given for every input and output");
+  for (DType t : program.input_dtypes)
+    if (!known_dtype(t)) fail("an input has unknown dtype code " + str(static_cast<int>(t)));
+  for (DType t : program.output_dtypes)
+    if (!known_dtype(t)) fail("an output has unknown dtype code " + str(static_cast<int>(t)));
 
   const std::size_t count = program.code.size();
-  auto check_operand = [&](std::size_t i, FusedKind kind, const char* which, std::uint16_t value) {
-    if (value >= i)
-      fail(at(i, kind) + " reads value " + std::to_string(value) + " as its " + which +
-           " operand, which is not defined before it");
-  };
   for (std::size_t i = 0; i < count; ++i) {
     const FusedInstr& in = program.code[i];
-    switch (in.kind) {
-      case FusedKind::load:
-        if (in.a >= program.num_inputs)
-          fail(at(i, in.kind) + " loads input " + std::to_string(in.a) + ", but there are " +
-               std::to_string(program.num_inputs) + " inputs");
-        break;
-      case FusedKind::unary:
-        if (in.op >= kUnaryOpCount) fail(at(i, in.kind) + " has op code " + std::to_string(in.op) + ", not a UnaryOp");
-        check_operand(i, in.kind, "first", in.a);
-        break;
-      case FusedKind::binary:
-        if (in.op >= kBinaryOpCount)
-          fail(at(i, in.kind) + " has op code " + std::to_string(in.op) + ", not a BinaryOp");
-        check_operand(i, in.kind, "first", in.a);
-        check_operand(i, in.kind, "second", in.b);
-        break;
-      case FusedKind::binary_scalar:
-        if (in.op >= kBinaryOpCount)
-          fail(at(i, in.kind) + " has op code " + std::to_string(in.op) + ", not a BinaryOp");
-        check_operand(i, in.kind, "first", in.a);
-        if (in.b >= program.num_scalars)
-          fail(at(i, in.kind) + " reads scalar " + std::to_string(in.b) + ", but there are " +
-               std::to_string(program.num_scalars) + " scalars");
-        break;
-      default:
-        fail("instruction " + std::to_string(i) + " has unknown kind " +
-             std::to_string(static_cast<unsigned>(in.kind)));
+    if (in.kind == FusedKind::load) {
+      if (in.a >= program.num_inputs)
+        fail(at(i) + " (load) loads input " + str(in.a) + ", but there are " + str(program.num_inputs) + " inputs");
+      continue;
     }
+    if (in.kind != FusedKind::op) fail(at(i) + " has unknown kind " + str(static_cast<int>(in.kind)));
+    if (static_cast<unsigned>(in.op) >= kElementwiseOpCount)
+      fail(at(i) + " has op code " + str(static_cast<int>(in.op)) + ", not an element-wise op");
+    const ElementwiseInfo& op = info(in.op);
+    const std::uint16_t operands[] = {in.a, in.b, in.c};
+    for (int k = 0; k < op.tensors; ++k)
+      if (operands[k] >= i)
+        fail(at(i) + " (" + op.name + ") reads value " + str(operands[k]) + " as operand " + str(k + 1) +
+             ", which is not defined before it");
+    if (op.scalars > 0 && in.s + op.scalars > program.num_scalars)
+      fail(at(i) + " (" + op.name + ") reads scalars " + str(in.s) + ".." + str(in.s + op.scalars - 1) + ", but there are " +
+           str(program.num_scalars) + " scalars");
+    if (in.op == ElementwiseOp::to && !known_dtype(in.dtype))
+      fail(at(i) + " (to) casts to unknown dtype code " + str(static_cast<int>(in.dtype)));
   }
   for (std::size_t j = 0; j < program.outputs.size(); ++j)
     if (program.outputs[j] >= count)
-      fail("output " + std::to_string(j) + " is value " + std::to_string(program.outputs[j]) + ", but the program defines " +
-           std::to_string(count) + " values");
+      fail("output " + str(static_cast<std::int64_t>(j)) + " is value " + str(program.outputs[j]) +
+           ", but the program defines " + str(static_cast<std::int64_t>(count)) + " values");
   if (program.reduction) {
     const FusedReduction& r = *program.reduction;
-    if (static_cast<unsigned>(r.op) >= kReduceOpCount)
-      fail("reduction has op code " + std::to_string(static_cast<unsigned>(r.op)) + ", not a ReduceOp");
+    if (r.op != ReduceOp::sum && r.op != ReduceOp::mean && r.op != ReduceOp::max && r.op != ReduceOp::min)
+      fail("reduction has op code " + str(static_cast<int>(r.op)) + ", not sum, mean, max or min");
     if (r.value >= count)
-      fail("reduction reduces value " + std::to_string(r.value) + ", but the program defines " +
-           std::to_string(count) + " values");
+      fail("reduction reduces value " + str(r.value) + ", but the program defines " + str(static_cast<std::int64_t>(count)) +
+           " values");
     if (program.outputs.size() != 1 || program.outputs[0] != r.value)
-      fail("a program with a reduction must have exactly one output, the reduced value " + std::to_string(r.value));
+      fail("a program with a reduction must have exactly one output, the reduced value " + str(r.value));
     const FusedLayout::ReduceAxis& axis = layout.reduce;
-    if (axis.outer < 0 || axis.n < 0 || axis.inner < 0)
-      fail("reduction split [" + std::to_string(axis.outer) + ", " + std::to_string(axis.n) + ", " +
-           std::to_string(axis.inner) + "] has a negative size");
+    const std::string split = "[" + str(axis.outer) + ", " + str(axis.n) + ", " + str(axis.inner) + "]";
+    if (axis.outer < 0 || axis.n < 0 || axis.inner < 0) fail("reduction split " + split + " has a negative size");
     if (axis.outer * axis.n * axis.inner != layout.numel())
-      fail("reduction split [" + std::to_string(axis.outer) + ", " + std::to_string(axis.n) + ", " +
-           std::to_string(axis.inner) + "] does not cover the domain's " + std::to_string(layout.numel()) +
-           " elements");
+      fail("reduction split " + split + " does not cover the domain's " + str(layout.numel()) + " elements");
   }
+}
+
+// Grammar, one token per item: "n<inputs>s<scalars>d<ndim>:" (ndim 0 unless an input is strided),
+// per input its access ('f', 'u', 'g') and dtype code, then per instruction "L<input>" or
+// "O<op>.<a>.<b>.<c>.<s>" ("T<dtype>" after a cast), per output "=<value>.<dtype>", and for a reduction
+// "R<op>.<value>" and 'r' when the reduced rows are contiguous (inner == 1) or 'c' when they are
+// columns.
+std::string structure_key(const FusedProgram& program, const FusedLayout& layout) {
+  validate(program, layout);
+  std::string key;
+  key.reserve(16 + 3 * program.num_inputs + program.code.size() * 12 + program.outputs.size() * 5);
+  bool strided = false;
+  std::string inputs;
+  for (std::size_t i = 0; i < program.num_inputs; ++i) {
+    const InputAccess access = input_access(layout, i);
+    strided = strided || access == InputAccess::strided;
+    inputs += access == InputAccess::flat ? 'f' : access == InputAccess::uniform ? 'u' : 'g';
+    inputs += std::to_string(static_cast<int>(program.input_dtypes[i]));
+  }
+  key += 'n' + std::to_string(program.num_inputs) + 's' + std::to_string(program.num_scalars) + 'd' +
+         std::to_string(strided ? layout.ndim : 0) + ':' + inputs;
+  for (const FusedInstr& in : program.code) {
+    if (in.kind == FusedKind::load) {
+      key += 'L' + std::to_string(in.a);
+      continue;
+    }
+    key += 'O' + std::to_string(static_cast<int>(in.op)) + '.' + std::to_string(in.a) + '.' + std::to_string(in.b) + '.' +
+           std::to_string(in.c) + '.' + std::to_string(in.s);
+    if (in.op == ElementwiseOp::to) key += 'T' + std::to_string(static_cast<int>(in.dtype));
+  }
+  for (std::size_t j = 0; j < program.outputs.size(); ++j)
+    key += '=' + std::to_string(program.outputs[j]) + '.' + std::to_string(static_cast<int>(program.output_dtypes[j]));
+  if (program.reduction) {
+    key += 'R' + std::to_string(static_cast<int>(program.reduction->op)) + '.' + std::to_string(program.reduction->value);
+    key += layout.reduce.inner == 1 ? 'r' : 'c';
+  }
+  return key;
 }
 
 }  // namespace defer::kernels

@@ -12,7 +12,9 @@
 #include <string>
 #include <vector>
 
-#include "op_kinds.hpp"
+#include <defer/dtype.hpp>
+
+#include "op_table.hpp"
 
 namespace defer::kernels {
 
@@ -24,34 +26,38 @@ inline constexpr int kMaxFusedScalars = 16;
 inline constexpr int kMaxFusedInstructions = 256;
 
 enum class FusedKind : std::uint8_t {
-  load,           // value = input[a] at the element (broadcast per the layout)
-  unary,          // value = UnaryOp(op)(value a)
-  binary,         // value = BinaryOp(op)(value a, value b)
-  binary_scalar,  // value = BinaryOp(op)(value a, scalars[b])
+  load,  // value = input[a] at the element (broadcast per the layout), converted to f32
+  op,    // value = the element-wise op's function (kernels/elementwise_math.h) of its operands
 };
 
 struct FusedInstr {
-  FusedKind kind;
-  std::uint8_t op = 0;  // a UnaryOp or BinaryOp, by kind
-  std::uint16_t a = 0;  // load: input index; otherwise the (first) operand's value index
-  std::uint16_t b = 0;  // binary: second operand's value index; binary_scalar: scalar index
+  FusedKind kind = FusedKind::load;
+  ElementwiseOp op = ElementwiseOp::neg;  // kind == op
+  DType dtype = DType::f32;               // op == to: the dtype it casts to
+  // load: a is the input. op: the operand values, the first info(op).tensors of a, b, c.
+  std::uint16_t a = 0, b = 0, c = 0;
+  std::uint16_t s = 0;  // op: its first scalar; it reads scalars s .. s + info(op).scalars - 1
 };
 
 // A program may end in a reduction: the element-wise code is evaluated over a domain (the reduce
 // input's shape, FusedLayout::shape) and `value` is reduced along one axis of it (the split is
 // FusedLayout::reduce), with the semantics of the unfused reduce kernels: sum, mean = sum / n, max
-// that propagates NaN; sums accumulate in double. The element-wise intermediate never exists in
-// memory.
+// and min that propagate NaN; sums accumulate in double. The element-wise intermediate never
+// exists in memory. (argmax is never fused: its result is an index.)
 struct FusedReduction {
   ReduceOp op = ReduceOp::sum;
   std::uint16_t value = 0;  // the SSA value reduced
 };
 
+// Every value is computed in f32. Inputs are loaded from their dtype (input_dtypes) and outputs
+// stored in theirs (output_dtypes), rounding once, with the conversions of elementwise_math.h.
 struct FusedProgram {
   std::vector<FusedInstr> code;
   std::vector<std::uint16_t> outputs;  // value indices written, one output buffer each
   std::uint16_t num_inputs = 0;
   std::uint16_t num_scalars = 0;
+  std::vector<DType> input_dtypes;   // one per input
+  std::vector<DType> output_dtypes;  // one per output
   // When set, `outputs` is exactly {reduction->value} and its one buffer holds outer * inner
   // reduced elements (FusedLayout::reduce) instead of one element per domain element.
   std::optional<FusedReduction> reduction;
@@ -79,21 +85,28 @@ struct FusedLayout {
     for (int d = 0; d < ndim; ++d) n *= shape[static_cast<std::size_t>(d)];
     return n;
   }
-  // True when every input is read contiguously with the output (no broadcasting at all).
-  bool all_contiguous() const noexcept;
 };
 
-// The structure of a program and layout that a compiled kernel depends on: the instructions, the
-// outputs, the counts, ndim, and per input whether it is read contiguously with the output (a flat
-// index) or through the strides (passed as kernel arguments); for a reduction its op, its value and
-// whether the reduced rows are contiguous (inner == 1, which the kernels specialize); never sizes,
-// strides or scalar values. Equal keys share one compiled kernel.
+// How a kernel reads one input, from the layout's shape and that input's strides (extent-1 dims are
+// ignored): flat reads element i of a buffer laid out like the output; uniform reads element 0 for
+// every i (every stride 0: a broadcast scalar); strided computes the offset from the multi-index.
+// The one classifier behind both backends and the structure key.
+enum class InputAccess : std::uint8_t { flat, uniform, strided };
+InputAccess input_access(const FusedLayout& layout, std::size_t input) noexcept;
+
+// The structure of a program and layout that generated code depends on: the instructions, the
+// outputs, the counts, the dtypes, each input's InputAccess and, when one is strided, ndim; for a
+// reduction its op, its value and whether the reduced rows are contiguous (inner == 1); never sizes,
+// strides, pointers or scalar values. Equal keys mean equal generated source: the CUDA kernel cache
+// and the replay key use it. Validates first (std::invalid_argument).
 std::string structure_key(const FusedProgram& program, const FusedLayout& layout);
 
 // Throws std::invalid_argument when the program is malformed (an operand defined later than its
-// use, an input or scalar index out of range, an op code out of range, no outputs), or when a
-// reduction's outputs are not exactly {value}, its op is out of range, or layout.reduce has a
-// negative size or does not split the domain (outer * n * inner != numel()).
+// use, an input or scalar index out of range, an op or dtype code out of range, no outputs, dtypes
+// not given for every input and output), the layout does not fit it (ndim outside [0, kMaxDims], a
+// negative extent, strides not given for every input), a cap is exceeded, or a reduction's outputs
+// are not exactly {value}, its op is not sum, mean, max or min, or layout.reduce has a negative size
+// or does not split the domain (outer * n * inner != numel()).
 void validate(const FusedProgram& program, const FusedLayout& layout);
 
 }  // namespace defer::kernels

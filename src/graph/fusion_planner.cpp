@@ -5,34 +5,18 @@
 #include <stdexcept>
 #include <unordered_map>
 
-#include <defer/detail/stats_counters.hpp>
+#include <defer/options.hpp>
 
-#include "cpu/fused.hpp"
 #include "graph/executor.hpp"
-#include "runtime/cpu/cpu_stream.hpp"
-#include "runtime/fault_injection.hpp"
-#include "runtime/tensor_impl.hpp"
-#ifdef DEFER_HAVE_CUDA
-#include "graph/fusion/cuda_fused_launch.hpp"
-#include "runtime/cuda/cuda_stream.hpp"
-#endif
 
 namespace defer::detail {
 namespace {
-
-bool is_elementwise(OpKind k) { return k == OpKind::unary || k == OpKind::binary || k == OpKind::binary_scalar; }
 
 std::int64_t numel_of(const Shape& s) {
   std::int64_t n = 1;
   for (std::int64_t e : s) n *= e;
   return n;
 }
-
-struct GroupBudget {  // what a group uses of the fused-kernel caps
-  int instructions = 0, inputs = 0, scalars = 0;
-  int held = 0;  // members somebody outside the plan holds: outputs of the kernel
-  std::vector<const AwaitStateBase*> seen_inputs;
-};
 
 }  // namespace
 
@@ -78,6 +62,177 @@ std::optional<std::vector<TensorMeta>> plan_meta(const std::vector<OpNode*>& ord
   return meta;
 }
 
+namespace {
+
+bool fusible(const OpNode* node, const std::vector<TensorMeta>& meta, const NodeIndex& index, std::size_t i) {
+  if (node->spec().kind != OpKind::elementwise) return false;
+  std::vector<TensorMeta> in;
+  for (AwaitState<Tensor>* s : node->inputs()) {
+    auto it = index.find(s);
+    in.push_back(it != index.end() ? meta[it->second]
+                                   : TensorMeta{s->value().shape(), s->value().dtype(), s->value().device()});
+  }
+  return !on_integer_path(node->spec(), in, meta[i]);
+}
+
+// Whether `from` broadcasts to `to` (NumPy rules, aligned at the right).
+bool broadcasts_to(const Shape& from, const Shape& to) {
+  if (from.size() > to.size()) return false;
+  for (std::size_t k = 0; k < from.size(); ++k) {
+    const std::int64_t f = from[from.size() - 1 - k];
+    if (f != 1 && f != to[to.size() - 1 - k]) return false;
+  }
+  return true;
+}
+
+// The state of planning: groups being grown over the plan's topological order.
+struct Planning {
+  const std::vector<OpNode*>& order;
+  const NodeIndex& index;
+  const std::vector<TensorMeta>& meta;
+  const PlanRefs& refs;
+  FusionPlan& plan;
+  std::vector<bool> closed;      // per group: a node outside it consumes a member
+  std::vector<long> group_uses;  // per node: reads of it by members of its own group
+
+  // Plan positions of a node's inputs computed in this plan, once per edge.
+  std::vector<std::size_t> pending_inputs(std::size_t i) const {
+    std::vector<std::size_t> pending;
+    for (AwaitState<Tensor>* s : order[i]->inputs()) {
+      auto it = index.find(s);
+      if (it != index.end()) pending.push_back(it->second);
+    }
+    return pending;
+  }
+
+  // Whether the caps allow one group of `members` (plan positions, all marked in `in_group`),
+  // the last of them `last`.
+  bool fits(const std::vector<std::size_t>& members, const std::vector<char>& in_group, std::size_t last) const {
+    int instructions = 0, scalars = 0;
+    int outputs = refs.held(last) ? 0 : 1;  // the last member is always written
+    std::vector<const AwaitStateBase*> inputs;
+    for (std::size_t m : members) {
+      const OpSpec& spec = order[m]->spec();
+      ++instructions;
+      if (spec.kind == OpKind::elementwise) scalars += kernels::info(spec.op).scalars;
+      if (refs.held(m)) ++outputs;
+      for (AwaitState<Tensor>* s : order[m]->inputs()) {
+        auto it = index.find(s);
+        if (it != index.end() && in_group[it->second]) continue;
+        if (std::find(inputs.begin(), inputs.end(), s) == inputs.end()) inputs.push_back(s);
+      }
+    }
+    instructions += static_cast<int>(inputs.size());  // one load each
+    return instructions <= kernels::kMaxFusedInstructions &&
+           static_cast<int>(inputs.size()) <= kernels::kMaxFusedInputs && scalars <= kernels::kMaxFusedScalars &&
+           outputs <= kernels::kMaxFusedOutputs;
+  }
+
+  // Whether group g, computed over a smaller shape than its consumer i, can be inlined into i's
+  // group: nobody outside holds a member, and every read of one is from inside g or from i.
+  bool private_to(int g, std::size_t i) const {
+    for (OpNode* member : plan.groups[static_cast<std::size_t>(g)].members) {
+      const std::size_t m = index.at(member);
+      if (refs.held(m)) return false;
+      long uses = group_uses[m];
+      for (AwaitState<Tensor>* s : order[i]->inputs()) uses += s == member ? 1 : 0;
+      if (uses != refs.internal[m]) return false;  // a later node reads it too
+    }
+    return true;
+  }
+
+  int new_group(const Shape& shape) {
+    plan.groups.push_back(FusionGroup{});
+    plan.groups.back().shape = shape;
+    closed.push_back(false);
+    return static_cast<int>(plan.groups.size()) - 1;
+  }
+
+  void add(int g, std::size_t i) {
+    plan.groups[static_cast<std::size_t>(g)].members.push_back(order[i]);
+    plan.group_of[i] = g;
+    for (std::size_t j : pending_inputs(i))
+      if (plan.group_of[j] == g) ++group_uses[j];
+  }
+
+  // A reduction joins the group computing its only input when that input is the group's latest
+  // member over the group's whole domain, only the reduction reads it, and nobody holds another
+  // member (a fused reduction writes exactly one tensor). Nothing joins after it.
+  bool join_as_reduction(std::size_t i, const std::vector<std::size_t>& pending) {
+    const OpSpec& spec = order[i]->spec();
+    if (spec.kind != OpKind::reduce || spec.reduce == ReduceOp::argmax || pending.size() != 1) return false;
+    const std::size_t j = pending[0];
+    const int g = plan.group_of[j];
+    if (g < 0 || closed[static_cast<std::size_t>(g)]) return false;
+    FusionGroup& group = plan.groups[static_cast<std::size_t>(g)];
+    if (group.members.back() != order[j] || refs.held(j) || refs.internal[j] != 1) return false;
+    if (meta[j].shape != group.shape || numel_of(meta[j].shape) == 0) return false;
+    for (OpNode* member : group.members)
+      if (refs.held(index.at(member))) return false;
+    if (static_cast<int>(group.members.size()) + 1 >= kernels::kMaxFusedInstructions) return false;
+    add(g, i);
+    closed[static_cast<std::size_t>(g)] = true;
+    return true;
+  }
+
+  void place(std::size_t i) {
+    const std::vector<std::size_t> pending = pending_inputs(i);
+    auto close_inputs_except = [&](int keep) {
+      for (std::size_t j : pending)
+        if (plan.group_of[j] >= 0 && plan.group_of[j] != keep) closed[static_cast<std::size_t>(plan.group_of[j])] = true;
+    };
+    if (join_as_reduction(i, pending)) return;
+    if (!fusible(order[i], meta, index, i)) {
+      close_inputs_except(-1);
+      return;
+    }
+    // The open groups of the pending inputs that can become one group with node i.
+    const Shape& shape = meta[i].shape;
+    std::vector<int> merge;
+    for (std::size_t j : pending) {
+      const int g = plan.group_of[j];
+      if (g < 0 || closed[static_cast<std::size_t>(g)] || std::find(merge.begin(), merge.end(), g) != merge.end())
+        continue;
+      const Shape& domain = plan.groups[static_cast<std::size_t>(g)].shape;
+      if (domain == shape || (broadcasts_to(domain, shape) && private_to(g, i))) merge.push_back(g);
+    }
+    std::vector<std::size_t> members{i};
+    std::vector<char> in_group(order.size(), 0);
+    in_group[i] = 1;
+    for (int g : merge)
+      for (OpNode* member : plan.groups[static_cast<std::size_t>(g)].members) {
+        members.push_back(index.at(member));
+        in_group[members.back()] = 1;
+      }
+    if (merge.empty() || !fits(members, in_group, i)) {
+      close_inputs_except(-1);  // node i consumes them from outside: split here
+      add(new_group(shape), i);
+      return;
+    }
+    // Merge into the first, keeping the members in topological order.
+    const int target = merge.front();
+    FusionGroup& group = plan.groups[static_cast<std::size_t>(target)];
+    for (std::size_t k = 1; k < merge.size(); ++k) {
+      FusionGroup& other = plan.groups[static_cast<std::size_t>(merge[k])];
+      for (OpNode* member : other.members) plan.group_of[index.at(member)] = target;
+      group.members.insert(group.members.end(), other.members.begin(), other.members.end());
+      other.members.clear();
+      closed[static_cast<std::size_t>(merge[k])] = true;
+    }
+    std::sort(group.members.begin(), group.members.end(), [&](OpNode* a, OpNode* b) { return index.at(a) < index.at(b); });
+    group.shape = shape;
+    // Reads between members of the merged groups are reads inside one group now.
+    for (OpNode* member : group.members) group_uses[index.at(member)] = 0;
+    for (OpNode* member : group.members)
+      for (std::size_t j : pending_inputs(index.at(member)))
+        if (plan.group_of[j] == target) ++group_uses[j];
+    add(target, i);
+    close_inputs_except(target);
+  }
+};
+
+}  // namespace
+
 FusionPlan plan_fusion(const std::vector<OpNode*>& order) {
   const std::size_t n = order.size();
   FusionPlan plan;
@@ -86,89 +241,11 @@ FusionPlan plan_fusion(const std::vector<OpNode*>& order) {
   const std::optional<std::vector<TensorMeta>> metas = plan_meta(order, index);
   if (!metas) return plan;  // nothing fused: the per-node path reports the error where it belongs
   const std::vector<TensorMeta>& meta = *metas;
-  for (std::size_t i = 0; i < n; ++i) plan.shapes.emplace(order[i], meta[i].shape);
+  for (std::size_t i = 0; i < n; ++i) plan.metas.emplace(order[i], meta[i]);
 
   const PlanRefs refs = plan_refs(order, index);
-  std::vector<bool> closed;
-  std::vector<GroupBudget> budget;
-  for (std::size_t i = 0; i < n; ++i) {
-    OpNode* node = order[i];
-    std::vector<std::size_t> pending;  // inputs computed in this plan
-    for (AwaitState<Tensor>* s : node->inputs()) {
-      auto it = index.find(s);
-      if (it != index.end()) pending.push_back(it->second);
-    }
-    auto close_inputs = [&] {
-      for (std::size_t j : pending)
-        if (plan.group_of[j] >= 0) closed[static_cast<std::size_t>(plan.group_of[j])] = true;
-    };
-    if (node->spec().kind == OpKind::reduce && meta[i].dtype == DType::f32 && pending.size() == 1) {
-      // An element-wise prologue: the reduction joins the group that computes its input when that
-      // input is the group's latest member, only the reduction reads it, and the group has no
-      // other output (a fused reduction writes exactly one tensor). Nothing joins after it.
-      const std::size_t j = pending[0];
-      const int g = plan.group_of[j];
-      if (g >= 0 && !closed[static_cast<std::size_t>(g)] && plan.groups[static_cast<std::size_t>(g)].members.back() == order[j] &&
-          !refs.held(j) && refs.internal[j] == 1 && budget[static_cast<std::size_t>(g)].held == 0 && numel_of(meta[j].shape) > 0 &&
-          budget[static_cast<std::size_t>(g)].instructions < kernels::kMaxFusedInstructions) {
-        FusionGroup& group = plan.groups[static_cast<std::size_t>(g)];
-        group.members.push_back(node);
-        ++budget[static_cast<std::size_t>(g)].instructions;
-        closed[static_cast<std::size_t>(g)] = true;
-        plan.group_of[i] = g;
-        continue;
-      }
-    }
-    if (!is_elementwise(node->spec().kind) || meta[i].dtype != DType::f32) {
-      close_inputs();
-      continue;
-    }
-    int g = -1;
-    bool one_group = !pending.empty();
-    for (std::size_t j : pending) {
-      if (plan.group_of[j] < 0 || (g >= 0 && plan.group_of[j] != g)) one_group = false;
-      g = plan.group_of[j];
-    }
-    // What adding the node to group `target` costs in instructions, inputs and scalars. Inputs from
-    // outside the group (leaves, or nodes of other groups) are loads.
-    auto cost = [&](const GroupBudget& b, int target) {
-      GroupBudget c = b;
-      ++c.instructions;
-      if (node->spec().kind == OpKind::binary_scalar) ++c.scalars;
-      if (refs.held(i)) ++c.held;
-      for (AwaitState<Tensor>* s : node->inputs()) {
-        auto it = index.find(s);
-        if (it != index.end() && plan.group_of[it->second] == target) continue;
-        if (std::find(c.seen_inputs.begin(), c.seen_inputs.end(), s) != c.seen_inputs.end()) continue;
-        c.seen_inputs.push_back(s);
-        ++c.inputs;
-        ++c.instructions;  // its load
-      }
-      return c;
-    };
-    bool join = one_group && !closed[static_cast<std::size_t>(g)] &&
-                plan.groups[static_cast<std::size_t>(g)].shape == meta[i].shape;
-    GroupBudget after;
-    if (join) {
-      after = cost(budget[static_cast<std::size_t>(g)], g);
-      // The node may end the group, and a group's last member is always an output.
-      const int outputs = after.held + (refs.held(i) ? 0 : 1);
-      join = after.instructions <= kernels::kMaxFusedInstructions && after.inputs <= kernels::kMaxFusedInputs &&
-             after.scalars <= kernels::kMaxFusedScalars && outputs <= kernels::kMaxFusedOutputs;
-    }
-    if (!join) {
-      close_inputs();
-      g = static_cast<int>(plan.groups.size());
-      plan.groups.push_back(FusionGroup{});
-      plan.groups.back().shape = meta[i].shape;
-      closed.push_back(false);
-      budget.push_back(GroupBudget{});
-      after = cost(budget.back(), g);
-    }
-    budget[static_cast<std::size_t>(g)] = std::move(after);
-    plan.groups[static_cast<std::size_t>(g)].members.push_back(node);
-    plan.group_of[i] = g;
-  }
+  Planning planning{order, index, meta, refs, plan, {}, std::vector<long>(n, 0)};
+  for (std::size_t i = 0; i < n; ++i) planning.place(i);
 
   // Which members are written: the group's last, those consumed outside the group, and those that
   // somebody outside the plan still holds (they may be waited later and must give this tensor).
@@ -190,13 +267,11 @@ FusionPlan plan_fusion(const std::vector<OpNode*>& order) {
     kept.push_back(std::move(plan.groups[g]));
   }
   plan.groups = std::move(kept);
-  for (std::size_t i = 0; i < n; ++i) {
-    if (plan.group_of[i] < 0) continue;
-    plan.group_of[i] = renumber[static_cast<std::size_t>(plan.group_of[i])];
-    if (plan.group_of[i] < 0) continue;
-    FusionGroup& group = plan.groups[static_cast<std::size_t>(plan.group_of[i])];
-    group.materialize.push_back(materialize[i] || order[i] == group.members.back());
-  }
+  for (FusionGroup& group : plan.groups)
+    for (OpNode* member : group.members)
+      group.materialize.push_back(materialize[index.at(member)] || member == group.members.back());
+  for (std::size_t i = 0; i < n; ++i)
+    if (plan.group_of[i] >= 0) plan.group_of[i] = renumber[static_cast<std::size_t>(plan.group_of[i])];
   return plan;
 }
 
@@ -205,14 +280,22 @@ bool build_program(FusionGroup& group, const FusionPlan& plan) {
   std::vector<float> scalars;
   std::unordered_map<const AwaitStateBase*, std::uint16_t> value_of;  // members and loaded inputs
   std::vector<Shape> input_shapes;
+  auto fail = [&] {
+    group.inputs.clear();
+    return false;
+  };
   auto value = [&](AwaitState<Tensor>* s) -> std::uint16_t {
     auto it = value_of.find(s);
     if (it != value_of.end()) return it->second;
     const auto input = static_cast<std::uint16_t>(group.inputs.size());
     group.inputs.push_back(s);
-    auto planned = plan.shapes.find(s);  // a node of this plan: not run yet
-    input_shapes.push_back(planned != plan.shapes.end() ? planned->second : s->value().shape());
-    program->code.push_back({kernels::FusedKind::load, 0, input, 0});
+    auto planned = plan.metas.find(s);  // a node of this plan: not run yet
+    const TensorMeta meta = planned != plan.metas.end()
+                                ? planned->second
+                                : TensorMeta{s->value().shape(), s->value().dtype(), s->value().device()};
+    input_shapes.push_back(meta.shape);
+    program->input_dtypes.push_back(meta.dtype);
+    program->code.push_back({kernels::FusedKind::load, ElementwiseOp::neg, DType::f32, input});
     const auto v = static_cast<std::uint16_t>(program->code.size() - 1);
     value_of.emplace(s, v);
     return v;
@@ -224,92 +307,64 @@ bool build_program(FusionGroup& group, const FusionPlan& plan) {
       program->reduction = kernels::FusedReduction{spec.reduce, value_of.at(node->inputs()[0])};
       continue;
     }
-    kernels::FusedInstr instr{kernels::FusedKind::unary};
-    if (spec.kind == OpKind::unary) {
-      instr = {kernels::FusedKind::unary, static_cast<std::uint8_t>(spec.unary), value(node->inputs()[0]), 0};
-    } else if (spec.kind == OpKind::binary) {
-      const std::uint16_t a = value(node->inputs()[0]);
-      instr = {kernels::FusedKind::binary, static_cast<std::uint8_t>(spec.binary), a, value(node->inputs()[1])};
-    } else {
-      const auto k = static_cast<std::uint16_t>(scalars.size());
-      scalars.push_back(spec.scalar);
-      instr = {kernels::FusedKind::binary_scalar, static_cast<std::uint8_t>(spec.binary), value(node->inputs()[0]), k};
+    const kernels::ElementwiseInfo& info = kernels::info(spec.op);
+    std::uint16_t operands[kernels::kMaxOpTensors] = {};
+    for (int k = 0; k < info.tensors; ++k) operands[k] = value(node->inputs()[static_cast<std::size_t>(k)]);
+    const auto first_scalar = static_cast<std::uint16_t>(scalars.size());
+    scalars.insert(scalars.end(), spec.scalars, spec.scalars + info.scalars);
+    program->code.push_back(
+        {kernels::FusedKind::op, spec.op, spec.dtype, operands[0], operands[1], operands[2], first_scalar});
+    const auto v = static_cast<std::uint16_t>(program->code.size() - 1);
+    value_of.emplace(node, v);
+    if (group.materialize[m]) {
+      program->outputs.push_back(v);
+      program->output_dtypes.push_back(plan.metas.at(node).dtype);
     }
-    program->code.push_back(instr);
-    value_of.emplace(node, static_cast<std::uint16_t>(program->code.size() - 1));
-    if (group.materialize[m]) program->outputs.push_back(static_cast<std::uint16_t>(program->code.size() - 1));
   }
   if (program->reduction) {
     // A member the reduction does not read is still needed outside the group: no single kernel.
-    if (!program->outputs.empty()) {
-      group.inputs.clear();
-      return false;
-    }
+    if (!program->outputs.empty()) return fail();
     program->outputs.push_back(program->reduction->value);
+    program->output_dtypes.push_back(plan.metas.at(group.members.back()).dtype);
   }
   program->num_inputs = static_cast<std::uint16_t>(group.inputs.size());
   program->num_scalars = static_cast<std::uint16_t>(scalars.size());
   if (program->outputs.size() > static_cast<std::size_t>(kernels::kMaxFusedOutputs) ||
       program->code.size() > static_cast<std::size_t>(kernels::kMaxFusedInstructions) ||
-      group.inputs.size() > static_cast<std::size_t>(kernels::kMaxFusedInputs)) {
-    group.inputs.clear();
-    return false;
-  }
+      group.inputs.size() > static_cast<std::size_t>(kernels::kMaxFusedInputs) ||
+      scalars.size() > static_cast<std::size_t>(kernels::kMaxFusedScalars))
+    return fail();
   try {
     auto layout = std::make_shared<kernels::FusedLayout>(make_fused_layout(group.shape, input_shapes));
     group.kernel.out_shape = group.shape;
     if (program->reduction) {
       const OpNode* reduce = group.members.back();
-      const AxisSplit axis =
-          split_at(group.shape, normalize_dim("reduce", reduce->spec().dim, group.shape.size()));
+      const AxisSplit axis = split_at(group.shape, normalize_dim("reduce", reduce->spec().dim, group.shape.size()));
       layout->reduce = kernels::FusedLayout::ReduceAxis{axis.outer, axis.n, axis.inner};
-      group.kernel.out_shape = plan.shapes.at(reduce);
+      group.kernel.out_shape = plan.metas.at(reduce).shape;
     }
     kernels::validate(*program, *layout);
     group.kernel.program = std::move(program);
     group.kernel.layout = std::move(layout);
     group.kernel.scalars = std::move(scalars);
+    group.kernel.op_count = static_cast<int>(group.members.size());
     for (OpNode* node : group.members)
       group.kernel.ops += (group.kernel.ops.empty() ? "" : ", ") + std::string(short_name(node->spec()));
     return true;
   } catch (const std::invalid_argument&) {
-    group.inputs.clear();
-    return false;
+    return fail();
   }
 }
 
-std::vector<Tensor> launch_fused(const FusedKernel& kernel, const std::vector<const Tensor*>& inputs,
-                                 StreamImpl& stream, const char* reason) {
-  check_injected_launch_fault("fused");  // tests: runtime/fault_injection.hpp
-  std::vector<const float*> in;
-  in.reserve(inputs.size());
-  for (const Tensor* t : inputs) in.push_back(static_cast<const float*>(t->data_ptr()));
-  std::vector<Tensor> outputs;
-  std::vector<float*> out;
-  for (std::size_t j = 0; j < kernel.program->outputs.size(); ++j) {
-    outputs.push_back(allocate_tensor(kernel.out_shape, DType::f32, stream, "fused"));
-    out.push_back(static_cast<float*>(outputs.back().data_ptr()));
-  }
-  const Device device = stream.device();
-  if (launch_log_enabled()) {
-    std::fprintf(stderr, "defer: launch fused(%s) -> %s, %zu output(s) on %s stream %llu (%s)\n", kernel.ops.c_str(),
-                 shape_str(kernel.out_shape).c_str(), out.size(), device.str().c_str(),
-                 static_cast<unsigned long long>(stream.id()), reason);
-  }
-  if (kernel.layout->numel() == 0) return outputs;
-#ifdef DEFER_HAVE_CUDA
-  if (device.is_cuda()) {
-    launch_fused_cuda(*kernel.program, *kernel.layout, in.data(), out.data(), kernel.scalars.data(), cuda_handle(stream),
-                      device.index());
-  } else
-#endif
-  {
-    enqueue_cpu(stream, [program = kernel.program, layout = kernel.layout, in, out, scalars = kernel.scalars] {
-      kernels::cpu::run_fused(*program, *layout, in.data(), out.data(), scalars.data());
-    });
-  }
-  count_launch(true);
-  return outputs;
+FusionPlan plan_and_build(const std::vector<OpNode*>& order) {
+  FusionPlan fusion;
+  if (!fusion_enabled()) return fusion;
+  fusion = plan_fusion(order);
+  const NodeIndex index = index_of(order);
+  for (FusionGroup& group : fusion.groups)
+    if (!build_program(group, fusion))
+      for (OpNode* member : group.members) fusion.group_of[index.at(member)] = -1;
+  return fusion;
 }
 
 void launch_group(FusionGroup& group, StreamImpl& wait_stream, const char* reason) {

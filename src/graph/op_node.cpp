@@ -3,60 +3,62 @@
 #include <stdexcept>
 
 #include "graph/executor.hpp"
+#include "integer_elementwise.hpp"
 #include "runtime/stream_impl.hpp"
 
 namespace defer::detail {
 const char* short_name(const OpSpec& spec) noexcept {
   switch (spec.kind) {
-    case OpKind::unary: return kernels::name(spec.unary);
-    case OpKind::binary:
-    case OpKind::binary_scalar: return kernels::name(spec.binary);
+    case OpKind::elementwise: return kernels::name(spec.op);
     case OpKind::reduce: return kernels::name(spec.reduce);
-    case OpKind::softmax: return "softmax";
-    case OpKind::layer_norm: return "layer_norm";
-    case OpKind::matmul: return "matmul";
-    case OpKind::transpose: return "transpose";
-    case OpKind::to_device: return "to";
+    default: return kernels::name(spec.kind);
   }
-  return "?";
 }
 
 TensorMeta infer_meta(const OpSpec& spec, const std::vector<TensorMeta>& in) {
-  const char* name = short_name(spec);
   switch (spec.kind) {
-    case OpKind::unary:
-    case OpKind::binary_scalar:
-      check_same_device_and_dtype(name, in);
-      return in[0];
-    case OpKind::binary: return broadcast_meta(name, in[0], in[1]);
-    case OpKind::reduce:
-      return reduce_meta(name, in[0], spec.dim, spec.keepdim, spec.reduce == kernels::ReduceOp::max);
-    case OpKind::softmax:
-      check_same_device_and_dtype(name, in);
-      normalize_dim(name, spec.dim, in[0].shape.size());
-      return in[0];
+    case OpKind::elementwise: return elementwise_meta(spec.op, spec.dtype, in);
+    case OpKind::reduce: {
+      const bool index = kernels::kReduceOps[static_cast<unsigned>(spec.reduce)].result == kernels::OpResult::index;
+      return reduce_meta(short_name(spec), in[0], spec.dim, spec.keepdim,
+                         spec.reduce != ReduceOp::sum && spec.reduce != ReduceOp::mean, index ? DType::i64 : in[0].dtype);
+    }
+    case OpKind::softmax: return softmax_meta(in[0], spec.dim);
     case OpKind::layer_norm: return layer_norm_meta(in[0], in[1], in[2]);
     case OpKind::matmul: return matmul_meta(in[0], in[1]);
     case OpKind::transpose: return transpose_meta(in[0]);
+    case OpKind::index_select: return index_select_meta(in[0], spec.dim, in[1]);
+    case OpKind::embedding: return embedding_meta(in[0], in[1]);
     case OpKind::to_device: return TensorMeta{in[0].shape, in[0].dtype, spec.target};
   }
   throw std::logic_error("unknown op kind");
 }
 
+bool on_integer_path(const OpSpec& spec, const std::vector<TensorMeta>& in, const TensorMeta& out) {
+  if (spec.kind != OpKind::elementwise) return false;
+  const std::size_t data = kernels::condition_operand(spec.op) == 0 ? 1 : 0;  // the first data operand
+  return kernels::integer_path(spec.op, in[data].dtype, out.dtype);
+}
+
 std::string op_name(const OpSpec& spec) {
   switch (spec.kind) {
-    case OpKind::unary: return kernels::name(spec.unary);
-    case OpKind::binary: return kernels::name(spec.binary);
-    case OpKind::binary_scalar: return std::string(kernels::name(spec.binary)) + "(scalar=" + std::to_string(spec.scalar) + ")";
+    case OpKind::elementwise: {
+      const kernels::ElementwiseInfo& info = kernels::info(spec.op);
+      if (info.result == kernels::OpResult::cast) return std::string("to(") + dtype_name(spec.dtype) + ")";
+      std::string name = info.name;
+      if (info.scalars == 0) return name;
+      name += "(scalar";
+      name += info.scalars > 1 ? "s=" : "=";
+      for (int k = 0; k < info.scalars; ++k) name += (k ? ", " : "") + std::to_string(spec.scalars[k]);
+      return name + ")";
+    }
     case OpKind::reduce:
       return std::string(kernels::name(spec.reduce)) + "(dim=" + std::to_string(spec.dim) + (spec.keepdim ? ", keepdim)" : ")");
     case OpKind::softmax: return "softmax(dim=" + std::to_string(spec.dim) + ")";
-    case OpKind::layer_norm: return "layer_norm";
-    case OpKind::matmul: return "matmul";
-    case OpKind::transpose: return "transpose";
+    case OpKind::index_select: return "index_select(dim=" + std::to_string(spec.dim) + ")";
     case OpKind::to_device: return "to(" + spec.target.str() + ")";
+    default: return kernels::name(spec.kind);
   }
-  return "?";
 }
 
 OpNode::OpNode(OpSpec spec, const std::vector<Await<Tensor>>& inputs, std::optional<TensorMeta> meta)

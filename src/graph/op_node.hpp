@@ -9,28 +9,34 @@
 #include <defer/await.hpp>
 
 #include "graph/shape_rules.hpp"
-#include "op_kinds.hpp"
+#include "op_table.hpp"
 
 namespace defer::detail {
 
-enum class OpKind : std::uint8_t { unary, binary, binary_scalar, reduce, softmax, layer_norm, matmul, transpose, to_device };
+using kernels::ElementwiseOp;
+using kernels::OpKind;
+using kernels::ReduceOp;
 
+// What a node computes; the kinds and ops are those of the op table (kernels/op_table.hpp).
 struct OpSpec {
   OpKind kind;
-  kernels::UnaryOp unary = kernels::UnaryOp::neg;
-  kernels::BinaryOp binary = kernels::BinaryOp::add;
-  kernels::ReduceOp reduce = kernels::ReduceOp::sum;
-  float scalar = 0.f;  // the scalar of binary_scalar, the eps of layer_norm
-  int dim = 0;         // reduce and softmax: the (normalized) dim
+  ElementwiseOp op = ElementwiseOp::neg;  // elementwise
+  ReduceOp reduce = ReduceOp::sum;
+  float scalars[kernels::kMaxOpScalars] = {};  // an element-wise op's scalars; layer_norm: eps
+  int dim = 0;                                 // reduce, softmax, index_select: the dim as given
   bool keepdim = false;
+  DType dtype = DType::f32;       // elementwise `to`: the dtype cast to
   Device target = Device::cpu();  // to_device: the destination
 };
 
-std::string op_name(const OpSpec& spec);       // "add", "sum(dim=1)", "to(cuda:0)", ...
+std::string op_name(const OpSpec& spec);       // "add", "sum(dim=1)", "to(cuda:0)", "to(f16)", ...
 const char* short_name(const OpSpec& spec) noexcept;  // "add", "sum", "to": names ops in errors
 // The output of `spec` for inputs that look like `in`, or std::invalid_argument naming the op and
 // the shapes. Run at call time when every operand's shape is known, and always at run time.
 TensorMeta infer_meta(const OpSpec& spec, const std::vector<TensorMeta>& in);
+// An element-wise node on integer data that must run exactly in integers, unfused
+// (kernels/integer_elementwise.hpp); `in` and `out` as infer_meta's.
+bool on_integer_path(const OpSpec& spec, const std::vector<TensorMeta>& in, const TensorMeta& out);
 
 class OpNode final : public AwaitState<Tensor> {
  public:

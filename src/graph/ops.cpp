@@ -16,9 +16,8 @@ using detail::OpKind;
 using detail::OpNode;
 using detail::OpSpec;
 using detail::TensorMeta;
-using kernels::BinaryOp;
+using kernels::ElementwiseOp;
 using kernels::ReduceOp;
-using kernels::UnaryOp;
 
 TensorAwait make_op(const OpSpec& spec, const std::vector<TensorAwait>& inputs) {
   const char* name = detail::short_name(spec);
@@ -47,23 +46,12 @@ TensorAwait make_op(const OpSpec& spec, const std::vector<TensorAwait>& inputs) 
   return TensorAwait(std::move(node));
 }
 
-TensorAwait unary(UnaryOp op, const TensorAwait& a) {
-  OpSpec s{OpKind::unary};
-  s.unary = op;
-  return make_op(s, {a});
-}
-
-TensorAwait binary(BinaryOp op, const TensorAwait& a, const TensorAwait& b) {
-  OpSpec s{OpKind::binary};
-  s.binary = op;
-  return make_op(s, {a, b});
-}
-
-TensorAwait binary_scalar(BinaryOp op, const TensorAwait& a, float scalar) {
-  OpSpec s{OpKind::binary_scalar};
-  s.binary = op;
-  s.scalar = scalar;
-  return make_op(s, {a});
+TensorAwait elementwise(ElementwiseOp op, const std::vector<TensorAwait>& inputs, float s0 = 0.f, float s1 = 0.f) {
+  OpSpec s{OpKind::elementwise};
+  s.op = op;
+  s.scalars[0] = s0;
+  s.scalars[1] = s1;
+  return make_op(s, inputs);
 }
 
 TensorAwait reduction(ReduceOp op, const TensorAwait& a, int dim, bool keepdim) {
@@ -76,35 +64,54 @@ TensorAwait reduction(ReduceOp op, const TensorAwait& a, int dim, bool keepdim) 
 
 }  // namespace
 
-TensorAwait add(const TensorAwait& a, const TensorAwait& b) { return binary(BinaryOp::add, a, b); }
-TensorAwait sub(const TensorAwait& a, const TensorAwait& b) { return binary(BinaryOp::sub, a, b); }
-TensorAwait mul(const TensorAwait& a, const TensorAwait& b) { return binary(BinaryOp::mul, a, b); }
-TensorAwait div(const TensorAwait& a, const TensorAwait& b) { return binary(BinaryOp::div, a, b); }
-TensorAwait maximum(const TensorAwait& a, const TensorAwait& b) { return binary(BinaryOp::maximum, a, b); }
-TensorAwait minimum(const TensorAwait& a, const TensorAwait& b) { return binary(BinaryOp::minimum, a, b); }
+// The element-wise ops of the op table (kernels/op_table.hpp), one function per row by its
+// operand counts; casts (`to`) are written out below.
+#define DEFER_OP_1_0(id, api) \
+  TensorAwait api(const TensorAwait& a) { return elementwise(ElementwiseOp::id, {a}); }
+#define DEFER_OP_2_0(id, api) \
+  TensorAwait api(const TensorAwait& a, const TensorAwait& b) { return elementwise(ElementwiseOp::id, {a, b}); }
+#define DEFER_OP_3_0(id, api)                                                            \
+  TensorAwait api(const TensorAwait& a, const TensorAwait& b, const TensorAwait& c) { \
+    return elementwise(ElementwiseOp::id, {a, b, c});                                   \
+  }
+#define DEFER_OP_1_1(id, api) \
+  TensorAwait api(const TensorAwait& a, float s) { return elementwise(ElementwiseOp::id, {a}, s); }
+#define DEFER_OP_1_2(id, api) \
+  TensorAwait api(const TensorAwait& a, float s0, float s1) { return elementwise(ElementwiseOp::id, {a}, s0, s1); }
+#define DEFER_OP_2_1(id, api) \
+  TensorAwait api(const TensorAwait& a, const TensorAwait& b, float s) { return elementwise(ElementwiseOp::id, {a, b}, s); }
+#define DEFER_OP_same(id, api, tensors, scalars) DEFER_OP_##tensors##_##scalars(id, api)
+#define DEFER_OP_boolean(id, api, tensors, scalars) DEFER_OP_##tensors##_##scalars(id, api)
+#define DEFER_OP_cast(id, api, tensors, scalars)
+#define DEFER_OP_ROW(id, api, tensors, scalars, fn, result, data) DEFER_OP_##result(id, api, tensors, scalars)
+DEFER_ELEMENTWISE_OPS(DEFER_OP_ROW)
+#undef DEFER_OP_ROW
+#undef DEFER_OP_cast
+#undef DEFER_OP_boolean
+#undef DEFER_OP_same
+#undef DEFER_OP_2_1
+#undef DEFER_OP_1_2
+#undef DEFER_OP_1_1
+#undef DEFER_OP_3_0
+#undef DEFER_OP_2_0
+#undef DEFER_OP_1_0
 
-TensorAwait add(const TensorAwait& a, float s) { return binary_scalar(BinaryOp::add, a, s); }
-TensorAwait sub(const TensorAwait& a, float s) { return binary_scalar(BinaryOp::sub, a, s); }
-TensorAwait mul(const TensorAwait& a, float s) { return binary_scalar(BinaryOp::mul, a, s); }
-TensorAwait div(const TensorAwait& a, float s) { return binary_scalar(BinaryOp::div, a, s); }
-
-TensorAwait neg(const TensorAwait& a) { return unary(UnaryOp::neg, a); }
-TensorAwait abs(const TensorAwait& a) { return unary(UnaryOp::abs, a); }
-TensorAwait exp(const TensorAwait& a) { return unary(UnaryOp::exp, a); }
-TensorAwait log(const TensorAwait& a) { return unary(UnaryOp::log, a); }
-TensorAwait sqrt(const TensorAwait& a) { return unary(UnaryOp::sqrt, a); }
-TensorAwait tanh(const TensorAwait& a) { return unary(UnaryOp::tanh, a); }
-TensorAwait sigmoid(const TensorAwait& a) { return unary(UnaryOp::sigmoid, a); }
-TensorAwait relu(const TensorAwait& a) { return unary(UnaryOp::relu, a); }
-TensorAwait silu(const TensorAwait& a) { return unary(UnaryOp::silu, a); }
-TensorAwait gelu(const TensorAwait& a) { return unary(UnaryOp::gelu, a); }
-TensorAwait gelu_tanh(const TensorAwait& a) { return unary(UnaryOp::gelu_tanh, a); }
+TensorAwait to(const TensorAwait& a, DType dtype) {
+  if (static_cast<std::size_t>(dtype) >= detail::kDTypeCount)
+    throw std::invalid_argument("to: unknown dtype code " + std::to_string(static_cast<int>(dtype)));
+  OpSpec s{OpKind::elementwise};
+  s.op = ElementwiseOp::to;
+  s.dtype = dtype;
+  return make_op(s, {a});
+}
 
 TensorAwait matmul(const TensorAwait& a, const TensorAwait& b) { return make_op(OpSpec{OpKind::matmul}, {a, b}); }
 TensorAwait transpose(const TensorAwait& a) { return make_op(OpSpec{OpKind::transpose}, {a}); }
 TensorAwait sum(const TensorAwait& a, int dim, bool keepdim) { return reduction(ReduceOp::sum, a, dim, keepdim); }
 TensorAwait mean(const TensorAwait& a, int dim, bool keepdim) { return reduction(ReduceOp::mean, a, dim, keepdim); }
 TensorAwait max(const TensorAwait& a, int dim, bool keepdim) { return reduction(ReduceOp::max, a, dim, keepdim); }
+TensorAwait min(const TensorAwait& a, int dim, bool keepdim) { return reduction(ReduceOp::min, a, dim, keepdim); }
+TensorAwait argmax(const TensorAwait& a, int dim, bool keepdim) { return reduction(ReduceOp::argmax, a, dim, keepdim); }
 
 TensorAwait softmax(const TensorAwait& a, int dim) {
   OpSpec s{OpKind::softmax};
@@ -115,8 +122,20 @@ TensorAwait softmax(const TensorAwait& a, int dim) {
 TensorAwait layer_norm(const TensorAwait& x, const TensorAwait& gamma, const TensorAwait& beta, float eps) {
   if (!(eps >= 0.f)) throw std::invalid_argument("layer_norm: eps must be >= 0, got " + std::to_string(eps));
   OpSpec s{OpKind::layer_norm};
-  s.scalar = eps;
+  s.scalars[0] = eps;
   return make_op(s, {x, gamma, beta});
+}
+
+TensorAwait index_select(const TensorAwait& a, int64_t dim, const TensorAwait& index) {
+  OpSpec s{OpKind::index_select};
+  if (dim < INT32_MIN || dim > INT32_MAX)
+    throw std::invalid_argument("index_select: dim " + std::to_string(dim) + " is out of range");
+  s.dim = static_cast<int>(dim);
+  return make_op(s, {a, index});
+}
+
+TensorAwait embedding(const TensorAwait& weight, const TensorAwait& ids) {
+  return make_op(OpSpec{OpKind::embedding}, {weight, ids});
 }
 
 TensorAwait to(const TensorAwait& a, Device d) {

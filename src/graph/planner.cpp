@@ -123,11 +123,7 @@ void plan_and_launch(const std::vector<OpNode*>& roots, StreamImpl& stream) {
   // Element-wise subgraphs run as fused kernels, launched when their last member comes up in the
   // topological order; everything else runs its own kernel. An error in one node is cached there
   // and reaches its consumers through their inputs; nodes that do not depend on it still run.
-  FusionPlan fusion;
-  if (fusion_enabled()) fusion = plan_fusion(plan.order);
-  for (FusionGroup& group : fusion.groups)
-    if (!build_program(group, fusion))
-      for (OpNode* member : group.members) fusion.group_of[index_in(plan.order, member)] = -1;
+  FusionPlan fusion = plan_and_build(plan.order);
   for (std::size_t i = 0; i < plan.order.size(); ++i) {
     const int g = fusion.group_of.empty() ? -1 : fusion.group_of[i];
     if (g < 0) {

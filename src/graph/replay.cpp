@@ -30,7 +30,7 @@ struct Ref {
 struct Step {
   bool fused = false;
   std::size_t node = 0;  // an op step: the node it computes
-  OpSpec spec{OpKind::unary};
+  OpSpec spec{OpKind::elementwise};
   std::optional<TensorMeta> out;
   FusedKernel kernel;                // a fused step
   std::vector<std::size_t> outputs;  // a fused step: the nodes it writes, in program output order
@@ -74,11 +74,13 @@ std::optional<Signature> signature(const std::vector<OpNode*>& order) {
   for (const OpNode* node : order) {
     const OpSpec& spec = node->spec();
     if (spec.kind == OpKind::to_device) return std::nullopt;  // copies order themselves across streams
+    // Index ops check their indices on the host after the copy: they cannot run inside a capture.
+    if (spec.kind == OpKind::index_select || spec.kind == OpKind::embedding) return std::nullopt;
     append(sig.key, spec.kind);
-    append(sig.key, spec.unary);
-    append(sig.key, spec.binary);
+    append(sig.key, spec.op);
     append(sig.key, spec.reduce);
-    append(sig.key, spec.scalar);  // a CUDA graph holds scalars as kernel parameters: part of the key
+    append(sig.key, spec.scalars);  // a CUDA graph holds scalars as kernel parameters: part of the key
+    append(sig.key, spec.dtype);
     append(sig.key, spec.dim);
     append(sig.key, spec.keepdim);
     append(sig.key, static_cast<std::uint32_t>(node->inputs().size()));
@@ -124,11 +126,7 @@ std::shared_ptr<ReplayPlan> build_plan(const std::vector<OpNode*>& order, const 
     if (n != sig.node_index.end()) return Ref{false, static_cast<std::uint32_t>(n->second)};
     return Ref{true, sig.external_index.at(s)};
   };
-  FusionPlan fusion;
-  if (fusion_enabled()) fusion = plan_fusion(order);
-  for (FusionGroup& group : fusion.groups)
-    if (!build_program(group, fusion))
-      for (OpNode* member : group.members) fusion.group_of[sig.node_index.at(member)] = -1;
+  const FusionPlan fusion = plan_and_build(order);
   plan->published.assign(order.size(), true);
   for (std::size_t i = 0; i < order.size(); ++i) {
     const int g = fusion.group_of.empty() ? -1 : fusion.group_of[i];

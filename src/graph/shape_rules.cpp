@@ -18,35 +18,76 @@ int64_t product(const Shape& s, std::size_t from, std::size_t to) {
 
 std::string describe(const TensorMeta& m) { return shape_str(m.shape) + " " + dtype_name(m.dtype) + " " + m.device.str(); }
 
-void check_same_device_and_dtype(const char* op, const std::vector<TensorMeta>& inputs, bool any_dtype) {
-  for (const TensorMeta& m : inputs) {
-    if (!(m.device == inputs[0].device)) {
-      std::string all;
-      for (const TensorMeta& x : inputs) all += (all.empty() ? "" : ", ") + describe(x);
-      fail(op, "operands are on different devices (" + all + "); copy them with to() first");
-    }
-    if (any_dtype ? m.dtype != inputs[0].dtype : m.dtype != DType::f32) {
-      std::string all;
-      for (const TensorMeta& x : inputs) all += (all.empty() ? "" : ", ") + describe(x);
-      fail(op, any_dtype ? "operands have different dtypes (" + all + ")"
-                         : "takes f32 tensors, got " + all);
-    }
-  }
+std::string describe_all(const std::vector<TensorMeta>& inputs) {
+  std::string all;
+  for (const TensorMeta& x : inputs) all += (all.empty() ? "" : ", ") + describe(x);
+  return all;
 }
 
-TensorMeta broadcast_meta(const char* op, const TensorMeta& a, const TensorMeta& b) {
-  check_same_device_and_dtype(op, {a, b});
-  const std::size_t rank = std::max(a.shape.size(), b.shape.size());
-  Shape out(rank);
+void check_same_device(const char* op, const std::vector<TensorMeta>& inputs) {
+  for (const TensorMeta& m : inputs)
+    if (!(m.device == inputs[0].device))
+      fail(op, "operands are on different devices (" + describe_all(inputs) + "); copy them with to() first");
+}
+
+void check_same_dtype(const char* op, const TensorMeta& a, const TensorMeta& b) {
+  if (a.dtype != b.dtype)
+    fail(op, std::string("operands have different dtypes, ") + dtype_name(a.dtype) + " and " + dtype_name(b.dtype) + " (" +
+                 describe(a) + ", " + describe(b) + "); cast one with to(x, DType)");
+}
+
+void check_floating(const char* op, const TensorMeta& a) {
+  if (!is_floating(a.dtype))
+    fail(op, std::string("takes f32, f16 or bf16 tensors, got ") + describe(a) + "; cast it with to(x, DType::f32)");
+}
+
+void check_index(const char* op, const TensorMeta& index) {
+  if (!is_integer(index.dtype)) fail(op, "indices must be i32 or i64, got " + describe(index));
+}
+
+Shape broadcast_shapes(const char* op, const std::vector<const Shape*>& shapes) {
+  std::size_t rank = 0;
+  for (const Shape* s : shapes) rank = std::max(rank, s->size());
+  Shape out(rank, 1);
   for (std::size_t i = 0; i < rank; ++i) {
-    const int64_t x = i < rank - a.shape.size() ? 1 : a.shape[i - (rank - a.shape.size())];
-    const int64_t y = i < rank - b.shape.size() ? 1 : b.shape[i - (rank - b.shape.size())];
-    if (x != y && x != 1 && y != 1)
-      fail(op, "shapes " + shape_str(a.shape) + " and " + shape_str(b.shape) + " do not broadcast (dim " +
-                   std::to_string(i) + ": " + std::to_string(x) + " vs " + std::to_string(y) + ")");
-    out[i] = x == 1 ? y : x;
+    for (const Shape* s : shapes) {
+      const int64_t x = i < rank - s->size() ? 1 : (*s)[i - (rank - s->size())];
+      if (x == 1) continue;
+      if (out[i] != 1 && out[i] != x) {
+        std::string all;
+        for (const Shape* t : shapes) all += (all.empty() ? "" : " and ") + shape_str(*t);
+        fail(op, "shapes " + all + " do not broadcast (dim " + std::to_string(i) + ": " + std::to_string(out[i]) +
+                     " vs " + std::to_string(x) + ")");
+      }
+      out[i] = x;
+    }
   }
-  return TensorMeta{std::move(out), DType::f32, a.device};
+  return out;
+}
+
+TensorMeta elementwise_meta(kernels::ElementwiseOp op, DType cast_to, const std::vector<TensorMeta>& in) {
+  const kernels::ElementwiseInfo& info = kernels::info(op);
+  const char* name = info.name;
+  check_same_device(name, in);
+  const int condition = kernels::condition_operand(op);
+  const TensorMeta* data = nullptr;  // the first data operand
+  std::vector<const Shape*> shapes;
+  for (std::size_t i = 0; i < in.size(); ++i) {
+    shapes.push_back(&in[i].shape);
+    if (static_cast<int>(i) == condition) {
+      if (in[i].dtype != DType::boolean)
+        fail(name, std::string(op == kernels::ElementwiseOp::where ? "the condition" : "the mask") +
+                       " must be boolean, got " + describe(in[i]));
+      continue;
+    }
+    if (data == nullptr) data = &in[i];
+    else check_same_dtype(name, *data, in[i]);
+  }
+  if (info.data == kernels::OpData::floating) check_floating(name, *data);
+  DType dtype = data->dtype;
+  if (info.result == kernels::OpResult::boolean) dtype = DType::boolean;
+  if (info.result == kernels::OpResult::cast) dtype = cast_to;
+  return TensorMeta{broadcast_shapes(name, shapes), dtype, in[0].device};
 }
 
 kernels::FusedLayout make_fused_layout(const Shape& out, const std::vector<Shape>& inputs) {
@@ -90,22 +131,6 @@ kernels::FusedLayout make_fused_layout(const Shape& out, const std::vector<Shape
   return layout;
 }
 
-std::optional<kernels::Broadcast> make_broadcast(const Shape& out, const Shape& a, const Shape& b) {
-  if (a == out && b == out) return std::nullopt;
-  const kernels::FusedLayout layout = make_fused_layout(out, {a, b});
-  const auto& sa = layout.strides[0];
-  const auto& sb = layout.strides[1];
-  if (layout.ndim == 0 || (layout.ndim == 1 && sa[0] == 1 && sb[0] == 1)) return std::nullopt;  // contiguous
-  kernels::Broadcast bc;
-  bc.ndim = layout.ndim;
-  for (std::size_t d = 0; d < static_cast<std::size_t>(layout.ndim); ++d) {
-    bc.shape[d] = layout.shape[d];
-    bc.stride[0][d] = sa[d];
-    bc.stride[1][d] = sb[d];
-  }
-  return bc;
-}
-
 int normalize_dim(const char* op, int dim, std::size_t rank) {
   const int r = static_cast<int>(rank);
   if (dim < -r || dim >= r || r == 0)
@@ -113,19 +138,27 @@ int normalize_dim(const char* op, int dim, std::size_t rank) {
   return dim < 0 ? dim + r : dim;
 }
 
-TensorMeta reduce_meta(const char* op, const TensorMeta& a, int dim, bool keepdim, bool needs_elements) {
-  check_same_device_and_dtype(op, {a});
+TensorMeta reduce_meta(const char* op, const TensorMeta& a, int dim, bool keepdim, bool needs_elements, DType result) {
+  check_floating(op, a);
   const int d = normalize_dim(op, dim, a.shape.size());
   if (needs_elements && a.shape[static_cast<std::size_t>(d)] == 0)
     fail(op, "dim " + std::to_string(dim) + " of " + shape_str(a.shape) + " has no elements to reduce");
   Shape out = a.shape;
   if (keepdim) out[static_cast<std::size_t>(d)] = 1;
   else out.erase(out.begin() + d);
-  return TensorMeta{std::move(out), DType::f32, a.device};
+  return TensorMeta{std::move(out), result, a.device};
+}
+
+TensorMeta softmax_meta(const TensorMeta& a, int dim) {
+  check_floating("softmax", a);
+  normalize_dim("softmax", dim, a.shape.size());
+  return a;
 }
 
 TensorMeta matmul_meta(const TensorMeta& a, const TensorMeta& b) {
-  check_same_device_and_dtype("matmul", {a, b});
+  check_same_device("matmul", {a, b});
+  check_same_dtype("matmul", a, b);
+  check_floating("matmul", a);
   const auto ra = a.shape.size(), rb = b.shape.size();
   const std::string shapes = shape_str(a.shape) + " x " + shape_str(b.shape);
   if (ra < 2 || ra > 3 || rb < 2 || rb > 3) fail("matmul", "takes 2-D or 3-D operands, got " + shapes);
@@ -137,7 +170,7 @@ TensorMeta matmul_meta(const TensorMeta& a, const TensorMeta& b) {
   else if (rb == 3) out.push_back(b.shape[0]);
   out.push_back(a.shape[ra - 2]);
   out.push_back(b.shape[rb - 1]);
-  return TensorMeta{std::move(out), DType::f32, a.device};
+  return TensorMeta{std::move(out), a.dtype, a.device};
 }
 
 TensorMeta transpose_meta(const TensorMeta& a) {
@@ -148,13 +181,35 @@ TensorMeta transpose_meta(const TensorMeta& a) {
 }
 
 TensorMeta layer_norm_meta(const TensorMeta& x, const TensorMeta& gamma, const TensorMeta& beta) {
-  check_same_device_and_dtype("layer_norm", {x, gamma, beta});
+  check_same_device("layer_norm", {x, gamma, beta});
+  check_same_dtype("layer_norm", x, gamma);
+  check_same_dtype("layer_norm", x, beta);
+  check_floating("layer_norm", x);
   if (x.shape.empty()) fail("layer_norm", "needs at least 1 dim, got " + shape_str(x.shape));
   const Shape last{x.shape.back()};
   if (gamma.shape != last || beta.shape != last)
     fail("layer_norm", "gamma " + shape_str(gamma.shape) + " and beta " + shape_str(beta.shape) + " must be " +
                            shape_str(last) + " for x " + shape_str(x.shape));
   return x;
+}
+
+TensorMeta index_select_meta(const TensorMeta& a, int dim, const TensorMeta& index) {
+  check_same_device("index_select", {a, index});
+  check_index("index_select", index);
+  if (index.shape.size() != 1) fail("index_select", "the index must be 1-D, got " + describe(index));
+  const int d = normalize_dim("index_select", dim, a.shape.size());
+  Shape out = a.shape;
+  out[static_cast<std::size_t>(d)] = index.shape[0];
+  return TensorMeta{std::move(out), a.dtype, a.device};
+}
+
+TensorMeta embedding_meta(const TensorMeta& weight, const TensorMeta& ids) {
+  check_same_device("embedding", {weight, ids});
+  check_index("embedding", ids);
+  if (weight.shape.size() != 2) fail("embedding", "the weight must be 2-D [V, D], got " + describe(weight));
+  Shape out = ids.shape;
+  out.push_back(weight.shape[1]);
+  return TensorMeta{std::move(out), weight.dtype, weight.device};
 }
 
 AxisSplit split_at(const Shape& s, int dim) {

@@ -9,7 +9,8 @@
 #include <defer/tensor.hpp>
 
 #include "fusion/fused_program.hpp"
-#include "op_kinds.hpp"
+#include "op_table.hpp"
+#include "runtime/backend.hpp"
 
 namespace defer::detail {
 
@@ -22,29 +23,36 @@ struct TensorMeta {
 
 std::string describe(const TensorMeta& m);  // "[2, 3] f32 cpu"
 
-// Throws std::invalid_argument("<op>: ...") unless every input is on the same device and is f32
-// (or, with any_dtype, shares one dtype).
-void check_same_device_and_dtype(const char* op, const std::vector<TensorMeta>& inputs, bool any_dtype = false);
+// Throws std::invalid_argument("<op>: ...") unless every input is on one device.
+void check_same_device(const char* op, const std::vector<TensorMeta>& inputs);
+// ... unless a and b have one dtype (the message names both).
+void check_same_dtype(const char* op, const TensorMeta& a, const TensorMeta& b);
+// ... unless a is f32, f16 or bf16.
+void check_floating(const char* op, const TensorMeta& a);
 
-TensorMeta broadcast_meta(const char* op, const TensorMeta& a, const TensorMeta& b);
+// The NumPy broadcast of several shapes, or std::invalid_argument naming the op and the shapes.
+Shape broadcast_shapes(const char* op, const std::vector<const Shape*>& shapes);
+// An element-wise op's output: the operands broadcast, data operands of one dtype (floating where
+// the op table says so), a boolean condition or mask where the op has one; the dtype per the op
+// table (cast_to for `to`).
+TensorMeta elementwise_meta(kernels::ElementwiseOp op, DType cast_to, const std::vector<TensorMeta>& inputs);
 // How each input is indexed by the output of a broadcast: the output shape and every input's
 // strides (0 where broadcast) collapsed into as few dims as possible (std::invalid_argument if more
-// than kMaxDims remain). The one routine behind make_broadcast and fused kernels' layouts.
+// than kMaxDims remain). The layout of every element-wise kernel.
 kernels::FusedLayout make_fused_layout(const Shape& out, const std::vector<Shape>& inputs);
-// The same for the two inputs of a binary op; nullopt when they are read contiguously.
-std::optional<kernels::Broadcast> make_broadcast(const Shape& out, const Shape& a, const Shape& b);
 
 // Normalizes a possibly negative dim for a tensor of `rank` dims, or throws naming the op.
 int normalize_dim(const char* op, int dim, std::size_t rank);
-TensorMeta reduce_meta(const char* op, const TensorMeta& a, int dim, bool keepdim, bool needs_elements);
+// `result`: the output's dtype (the input's, or i64 for argmax).
+TensorMeta reduce_meta(const char* op, const TensorMeta& a, int dim, bool keepdim, bool needs_elements, DType result);
+TensorMeta softmax_meta(const TensorMeta& a, int dim);
 TensorMeta matmul_meta(const TensorMeta& a, const TensorMeta& b);
 TensorMeta transpose_meta(const TensorMeta& a);
 TensorMeta layer_norm_meta(const TensorMeta& x, const TensorMeta& gamma, const TensorMeta& beta);
+TensorMeta index_select_meta(const TensorMeta& a, int dim, const TensorMeta& index);
+TensorMeta embedding_meta(const TensorMeta& weight, const TensorMeta& ids);
 
 // [outer, n, inner] view of a shape around `dim`.
-struct AxisSplit {
-  int64_t outer, n, inner;
-};
 AxisSplit split_at(const Shape& s, int dim);
 
 }  // namespace defer::detail

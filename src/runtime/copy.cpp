@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "runtime/cpu/cpu_stream.hpp"
+#include "runtime/tensor_impl.hpp"
 #ifdef DEFER_HAVE_CUDA
 #include "runtime/cuda/cuda_check.hpp"
 #include "runtime/cuda/cuda_device_guard.hpp"
@@ -45,6 +46,31 @@ void copy_blocking(void* dst, const void* src, std::size_t bytes, Device src_dev
 #endif
   (void)src_device;
   std::memcpy(dst, src, bytes);
+}
+
+Tensor copy_to_device(const Tensor& src, const Shape& shape, Device device, StreamImpl& dst_stream) {
+  if (src.device() == device) return src;
+  Tensor out = allocate_tensor(shape, src.dtype(), dst_stream, "to");
+  StreamImpl& src_stream = *current_stream_impl(src.device());
+  if (src.device().is_cpu()) {
+    // Pageable host memory is staged by cudaMemcpyAsync at call time, so a CPU source must be
+    // complete before the copy is issued.
+    src_stream.synchronize();
+    copy_async(out.data_ptr(), src.data_ptr(), src.nbytes(), dst_stream);
+  } else {
+    // The destination waits for the source's producer; the source's stream then waits for the copy,
+    // so the source's memory is not reused (on its own stream) before the copy has read it.
+    dst_stream.wait(src_stream.record());
+    if (dst_stream.device().is_cpu()) {
+      // Runs on the CPU queue's worker after the CUDA producer, so a blocking copy is fine there;
+      // the task holds `src`, keeping its memory alive until the copy has read it.
+      enqueue_cpu(dst_stream, [src, dst = out.data_ptr()] { copy_blocking(dst, src.data_ptr(), src.nbytes(), src.device()); });
+    } else {
+      copy_async(out.data_ptr(), src.data_ptr(), src.nbytes(), dst_stream);
+      src_stream.wait(dst_stream.record());
+    }
+  }
+  return out;
 }
 
 }  // namespace defer::detail

@@ -4,6 +4,8 @@
 #include <memory>
 #include <vector>
 
+#include <defer/tensor.hpp>
+
 #include "runtime/stream_impl.hpp"
 
 namespace defer::detail {
@@ -18,5 +20,9 @@ void copy_from_host_async(void* dst, std::shared_ptr<const std::vector<unsigned 
 // A synchronous copy from memory of `src_device` to host memory, for CPU queue workers that
 // already waited for the source's producer.
 void copy_blocking(void* dst, const void* src, std::size_t bytes, Device src_device);
+
+// src on `device` (src itself when it is there already), queued on dst_stream (a stream of
+// `device`) and ordered after src's producer on the current stream of src's device.
+Tensor copy_to_device(const Tensor& src, const Shape& shape, Device device, StreamImpl& dst_stream);
 
 }  // namespace defer::detail

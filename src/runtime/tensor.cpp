@@ -8,21 +8,12 @@
 
 #include <defer/detail/stats_counters.hpp>
 
-#include "cpu/fill.hpp"
+#include "dtype_dispatch.hpp"
+#include "runtime/backend.hpp"
 #include "runtime/copy.hpp"
-#include "runtime/cpu/cpu_stream.hpp"
 #include "runtime/tensor_impl.hpp"
-#ifdef DEFER_HAVE_CUDA
-#include "cuda/launch.hpp"
-#include "runtime/cuda/cuda_device_guard.hpp"
-#include "runtime/cuda/cuda_stream.hpp"
-#endif
 
 namespace defer {
-
-std::size_t dtype_size(DType) noexcept { return 4; }  // f32 and i32
-
-const char* dtype_name(DType t) noexcept { return t == DType::f32 ? "f32" : "i32"; }
 
 std::string shape_str(const Shape& s) {
   std::string out = "[";
@@ -75,32 +66,63 @@ Tensor empty(Shape shape, DType dtype, Device device) {
   return detail::allocate_tensor(std::move(shape), dtype, *detail::current_stream_impl(device), "empty");
 }
 
-Tensor full(Shape shape, float value, DType dtype, Device device) {
-  if (dtype == DType::i32 && !(value >= -2147483648.0f && value < 2147483648.0f))
-    throw std::invalid_argument("full: " + std::to_string(value) + " is not representable as i32");
-  auto& stream = *detail::current_stream_impl(device);
-  Tensor t = detail::allocate_tensor(std::move(shape), dtype, stream, "full");
-  if (t.numel() == 0) return t;
-  void* data = t.data_ptr();
-  const int64_t n = t.numel();
-  detail::stats_counters().kernel_launches.fetch_add(1, std::memory_order_relaxed);  // a fill is a kernel
-#ifdef DEFER_HAVE_CUDA
-  if (device.is_cuda()) {
-    detail::CudaDeviceGuard guard(device.index());
-    kernels::cuda::fill(data, n, dtype, value, detail::cuda_handle(stream));
-    return t;
+namespace {
+
+// `value` as one element of dtype, in the low bytes: what full() writes.
+std::uint64_t element_bits(float value, DType dtype) {
+  if (is_integer(dtype)) {
+    const double lo = dtype == DType::i32 ? -2147483648.0 : -9223372036854775808.0;
+    const double hi = dtype == DType::i32 ? 2147483648.0 : 9223372036854775808.0;
+    if (!(value >= lo && value < hi))
+      throw std::invalid_argument("full: " + std::to_string(value) + " is not representable as " + dtype_name(dtype));
   }
-#endif
-  detail::enqueue_cpu(stream, [data, n, dtype, value] { kernels::cpu::fill(data, n, dtype, value); });
+  return kernels::dispatch(dtype, [&](auto tag) {
+    using Tag = decltype(tag);
+    const typename Tag::storage element = Tag::store(value);
+    std::uint64_t bits = 0;
+    std::memcpy(&bits, &element, sizeof element);
+    return bits;
+  });
+}
+
+// Queues a kernel that writes a new tensor of `shape` on the current stream of `device`.
+template <class Write>
+Tensor created(const char* op, Shape shape, DType dtype, Device device, Write write) {
+  auto& stream = *detail::current_stream_impl(device);
+  Tensor t = detail::allocate_tensor(std::move(shape), dtype, stream, op);
+  if (t.numel() == 0) return t;
+  detail::stats_counters().kernel_launches.fetch_add(1, std::memory_order_relaxed);  // a fill is a kernel
+  write(detail::backend_for(device), t, stream);
   return t;
+}
+
+}  // namespace
+
+Tensor full(Shape shape, float value, DType dtype, Device device) {
+  const std::uint64_t bits = element_bits(value, dtype);
+  return created("full", std::move(shape), dtype, device, [&](detail::Backend& backend, Tensor& t, detail::StreamImpl& s) {
+    backend.fill(t.data_ptr(), t.numel(), dtype_size(dtype), bits, s);
+  });
+}
+
+Tensor arange(int64_t end, DType dtype, Device device) {
+  if (end < 0) throw std::invalid_argument("arange: end must be >= 0, got " + std::to_string(end));
+  return created("arange", Shape{end}, dtype, device, [&](detail::Backend& backend, Tensor& t, detail::StreamImpl& s) {
+    backend.arange(t.data_ptr(), t.numel(), dtype, s);
+  });
 }
 
 namespace {
 
 template <class T>
 constexpr DType dtype_of() {
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, std::int32_t>, "T must be float or int32_t");
-  return std::is_same_v<T, float> ? DType::f32 : DType::i32;
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, std::int32_t> || std::is_same_v<T, std::int64_t> ||
+                    std::is_same_v<T, std::uint8_t>,
+                "T must be float, int32_t, int64_t or uint8_t");
+  if constexpr (std::is_same_v<T, float>) return DType::f32;
+  else if constexpr (std::is_same_v<T, std::int32_t>) return DType::i32;
+  else if constexpr (std::is_same_v<T, std::int64_t>) return DType::i64;
+  else return DType::boolean;
 }
 
 template <class T>
@@ -116,6 +138,8 @@ Tensor upload(const std::vector<T>& values, Shape shape, Device device, const ch
   if (numel == 0) return t;
   auto bytes = std::make_shared<std::vector<unsigned char>>(t.nbytes());
   std::memcpy(bytes->data(), values.data(), bytes->size());
+  if constexpr (dtype == DType::boolean)
+    for (unsigned char& b : *bytes) b = b != 0;  // a boolean is 0 or 1
   detail::copy_from_host_async(t.data_ptr(), std::move(bytes), stream);
   return t;
 }
@@ -141,14 +165,24 @@ Tensor from_host(const std::vector<T>& values, Shape shape, Device device) {
 }
 template Tensor from_host<float>(const std::vector<float>&, Shape, Device);
 template Tensor from_host<std::int32_t>(const std::vector<std::int32_t>&, Shape, Device);
+template Tensor from_host<std::int64_t>(const std::vector<std::int64_t>&, Shape, Device);
+template Tensor from_host<std::uint8_t>(const std::vector<std::uint8_t>&, Shape, Device);
 
 std::vector<float> to_vector(const Tensor& t) {
-  if (t.defined() && t.dtype() == DType::i32) {
-    auto ints = to_host<std::int32_t>(t);
-    return std::vector<float>(ints.begin(), ints.end());
-  }
-  std::vector<float> out(t.defined() ? static_cast<std::size_t>(t.numel()) : 0);
-  download(t, out.data(), "to_vector");
+  if (!t.defined()) throw std::invalid_argument("to_vector: the tensor is undefined");
+  std::vector<unsigned char> bytes(t.nbytes());
+  download(t, bytes.data(), "to_vector");
+  std::vector<float> out(static_cast<std::size_t>(t.numel()));
+  kernels::dispatch(t.dtype(), [&](auto tag) {
+    using Tag = decltype(tag);
+    using Storage = typename Tag::storage;
+    for (std::size_t i = 0; i < out.size(); ++i) {
+      Storage v;
+      std::memcpy(&v, bytes.data() + i * sizeof(Storage), sizeof(Storage));
+      if constexpr (is_integer(Tag::dtype)) out[i] = static_cast<float>(v);  // rounded once
+      else out[i] = Tag::load(v);
+    }
+  });
   return out;
 }
 
@@ -164,6 +198,8 @@ std::vector<T> to_host(const Tensor& t) {
 }
 template std::vector<float> to_host<float>(const Tensor&);
 template std::vector<std::int32_t> to_host<std::int32_t>(const Tensor&);
+template std::vector<std::int64_t> to_host<std::int64_t>(const Tensor&);
+template std::vector<std::uint8_t> to_host<std::uint8_t>(const Tensor&);
 
 void record_stream(const Tensor& t, const Stream& s) {
   if (!t.defined()) throw std::invalid_argument("record_stream: the tensor is undefined");
