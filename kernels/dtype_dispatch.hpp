@@ -20,6 +20,7 @@ struct DTypeTag;
   struct DTypeTag<DType::name> {                                                                     \
     using storage = ctype;                                                                           \
     static constexpr DType dtype = DType::name;                                                      \
+    static constexpr bool floating = kind == 0; /* usable in device code, unlike is_floating() */    \
     static_assert(sizeof(storage) == bytes, "the dtype table's size disagrees with its C type");     \
     static DEFER_MATH float load(storage v) { return defer_load_##name(v); }                         \
     static DEFER_MATH storage store(float x) { return static_cast<storage>(defer_store_##name(x)); } \

@@ -1,7 +1,8 @@
 // The math of every element-wise op, written once (C++17, host and device). Three compilers read
 // this file: the host compiler for the CPU kernels, nvcc for the CUDA kernels, and NVRTC, into whose
-// generated sources CMake embeds this very text (src/graph/fusion/cuda_source.cpp); a hash of it
-// is part of the compiled-kernel disk cache's key. So the CPU, the CUDA kernels and the fused CUDA
+// generated sources CMake embeds this very text (cmake/DeferEmbed.cmake,
+// src/graph/fusion/cuda_source_writer.cpp); the compiled-kernel disk cache is keyed by a hash of the
+// generated source, this text included. So the CPU, the CUDA kernels and the fused CUDA
 // kernels compute each op with the same formula, and fused and unfused CUDA results agree bit for
 // bit by construction.
 //
@@ -14,12 +15,14 @@
 
 #if defined(__CUDACC_RTC__)
 #define DEFER_MATH __device__ __forceinline__
-#elif defined(__CUDACC__)
-#define DEFER_MATH __host__ __device__ __forceinline__
 #else
 #include <math.h>
 #include <string.h>
+#if defined(__CUDACC__)
+#define DEFER_MATH __host__ __device__ __forceinline__
+#else
 #define DEFER_MATH inline
+#endif
 #endif
 
 // ---- f32 bits and exact arithmetic ----------------------------------------------------------------

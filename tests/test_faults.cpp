@@ -29,10 +29,14 @@ struct Inputs {
   Tensor w = from_vector(random_values(32 * 16, 2), {32, 16}, cpu);
   Tensor b = from_vector(random_values(16, 3), {16}, cpu);
   Tensor g = from_vector(random_values(16, 4, 0.5f, 1.5f), {16}, cpu);
+  Tensor ids = from_host<std::int64_t>({3, 0, 5, 1}, {4}, cpu);
+  Tensor cols = from_host<std::int32_t>({15, 2, 7}, {3}, cpu);
 };
 
 // Several results over shared subexpressions: element-wise chains (fused when fusion is on),
-// matmul, reductions, softmax, layer_norm, transpose.
+// matmul, reductions, softmax, layer_norm, transpose, and every other kind of kernel: casts to f16
+// and an f16 layer_norm, comparisons and where, the exact integer path, index_select, embedding,
+// min and argmax.
 std::vector<TensorAwait> workload(const Inputs& in) {
   TensorAwait h = matmul(in.x, in.w) + in.b;
   TensorAwait act = gelu(h) * 0.5f + sigmoid(h);
@@ -42,7 +46,11 @@ std::vector<TensorAwait> workload(const Inputs& in) {
   TensorAwait lx = log(in.x) + sqrt(in.x);
   TensorAwait t = transpose(lx);
   TensorAwait m = mean(t, 0, true);
-  return {probs, total, t, m, max(norm, 0)};
+  TensorAwait half = to(layer_norm(to(act, DType::f16), to(in.g, DType::f16), to(in.b, DType::f16)), DType::f32);
+  TensorAwait picked = index_select(where(gt(act, 0.f), act, act * 0.1f), 1, in.cols);
+  TensorAwait rows = embedding(norm, in.ids);
+  TensorAwait same = to(eq(in.ids, in.ids), DType::f32);
+  return {probs, total, t, m, max(norm, 0), half, picked, rows, same, argmax(norm, 1), min(norm, 0)};
 }
 
 std::vector<std::vector<float>> clean_results(const Inputs& in) {

@@ -3,10 +3,14 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
+#include <regex>
+#include <string>
 
 #include <defer/defer.hpp>
 
 #include "graph/op_node.hpp"
+#include "graph/replay.hpp"
 #include "runtime/stream_ordered_pool.hpp"
 #include "reference.hpp"
 #include "test_util.hpp"
@@ -243,10 +247,10 @@ TEST_P(Fusion, AReductionOfOneElementwiseOpFuses) {
   const auto got = to_vector(wait(r));
   EXPECT_EQ(stats().kernel_launches, 1u);
   const auto xv = to_vector(wait(x));
-  for (int r = 0; r < 64; ++r) {
+  for (int row = 0; row < 64; ++row) {
     double want = 0;
-    for (int c = 0; c < 33; ++c) want += double(xv[r * 33 + c]) * xv[r * 33 + c];
-    ASSERT_NEAR(got[static_cast<std::size_t>(r)], want, 1e-5 * want);
+    for (int c = 0; c < 33; ++c) want += double(xv[row * 33 + c]) * xv[row * 33 + c];
+    ASSERT_NEAR(got[static_cast<std::size_t>(row)], want, 1e-5 * want);
   }
 }
 
@@ -289,3 +293,119 @@ TEST_P(Fusion, MaxOfAProloguePropagatesNaN) {
 
 INSTANTIATE_TEST_SUITE_P(Backends, Fusion, ::testing::Values(DeviceKind::cpu, DeviceKind::cuda),
                          [](const auto& param_info) { return param_info.param == DeviceKind::cpu ? "cpu" : "cuda"; });
+
+// Whole element-wise DAGs: sibling branches meet in one kernel.
+TEST_P(Fusion, SiblingBranchesFuseIntoOneKernel) {
+  TensorAwait x = input({64, 33}, 40);
+  auto dag = [&] { return sigmoid((tanh(x * .5f) + 1.f) * relu(x - .25f)) * 2.f; };
+  reset_stats();
+  const std::vector<float> got = to_vector(wait(dag()));
+  EXPECT_EQ(stats().kernel_launches, 1u);
+  EXPECT_EQ(stats().fused_kernels, 1u);
+  const std::vector<float> xs = to_vector(wait(x));
+  for (std::size_t i = 0; i < xs.size(); ++i) {
+    const double v = xs[i];
+    const double want = 2.0 * ref::sigmoid((std::tanh(v * .5) + 1.0) * std::max(v - .25, 0.0));
+    ASSERT_NEAR(got[i], want, 1e-5 * std::fabs(want) + 1e-7) << "element " << i;
+  }
+  auto [fused, unfused] = fused_and_unfused(dag);
+  EXPECT_EQ(fused, unfused);
+}
+
+// Attention's `scores * scale + mask`, the mask an element-wise chain over a [B, 1, 1, L] padding
+// vector broadcast against [B, H, L, L] scores: one kernel, the small chain recomputed per element.
+TEST_P(Fusion, ABroadcastOperandChainIsInlinedIntoItsConsumer) {
+  const Shape scores_shape{2, 3, 4, 4};
+  TensorAwait scores = input(scores_shape, 41);
+  TensorAwait keep = input({2, 1, 1, 4}, 42, 0.f, 1.f);
+  auto graph = [&] {
+    TensorAwait mask = (to(gt(keep, 0.5f), DType::f32) - 1.f) * 1e4f;  // 0 where kept, -1e4 elsewhere
+    return scores * 0.125f + mask;
+  };
+  reset_stats();
+  const std::vector<float> got = to_vector(wait(graph()));
+  EXPECT_EQ(stats().kernel_launches, 1u);
+  EXPECT_EQ(stats().fused_kernels, 1u);
+  const std::vector<float> s = to_vector(wait(scores)), k = to_vector(wait(keep));
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    const std::size_t b = i / 48, key = i % 4;
+    const double mask = k[b * 4 + key] > 0.5f ? 0.0 : -1e4;
+    ASSERT_NEAR(got[i], s[i] * 0.125 + mask, 1e-3) << "element " << i;
+  }
+  auto [fused, unfused] = fused_and_unfused(graph);
+  EXPECT_EQ(fused, unfused);
+}
+
+// A small operand somebody still holds must be written as itself: it is not inlined.
+TEST_P(Fusion, AHeldBroadcastOperandIsNotInlined) {
+  TensorAwait scores = input({2, 4, 4}, 43);
+  TensorAwait keep = input({2, 1, 4}, 44);
+  TensorAwait mask = relu(keep) * 2.f;  // held here
+  TensorAwait out = scores + mask;
+  reset_stats();
+  wait(out);
+  EXPECT_EQ(stats().kernel_launches, 2u) << "the mask's group and the sum";
+  EXPECT_TRUE(mask.is_ready()) << "a held intermediate gets its tensor";
+}
+
+// explain() asks the planner: its kernel count is what the wait then launches, with fusion on or
+// off, for a first sighting and for a replay.
+TEST_P(Fusion, ExplainCountsWhatTheWaitLaunches) {
+  TensorAwait x = input({16, 8}, 45);
+  TensorAwait w = input({8, 8}, 46);
+  TensorAwait g = input({8}, 47, 0.5f, 1.5f);
+  TensorAwait b = input({8}, 48);
+  const std::vector<std::pair<const char*, std::function<TensorAwait()>>> graphs{
+      {"chain", [&] { return exp(x * 0.5f) + 1.f; }},
+      {"reduction with a prologue", [&] { return sum(relu(x) * 2.f, 1); }},
+      {"dag", [&] { return sigmoid((tanh(x * .5f) + 1.f) * relu(x - .25f)) * 2.f; }},
+      {"matmul between chains", [&] { return gelu(matmul(relu(x) + 1.f, w) * 0.5f); }},
+      {"layer_norm block", [&] { return layer_norm(matmul(x, w) + x, g, b) * 2.f; }},
+      {"softmax of a masked score", [&] { return softmax(where(gt(x, 0.f), x, x * 0.f - 1e4f), -1); }},
+      {"casts and comparisons", [&] { return to(to(x, DType::f16) * 2.f, DType::f32) + to(lt(x, 0.f), DType::f32); }},
+      {"argmax of a chain", [&] { return argmax(exp(x) - 1.f, 1); }},
+      {"index_select", [&] { return index_select(x * 2.f, 0, arange(4, DType::i64, dev_)) + 1.f; }},
+  };
+  const std::regex count(R"(a wait launches (1 graph replaying )?(\d+) kernel)");
+  for (bool fusion : {true, false})
+    for (const auto& [name, make] : graphs)
+      for (int sighting = 0; sighting < 3; ++sighting) {
+        set_fusion_enabled(fusion);
+        TensorAwait r = make();
+        const std::string text = explain(r);
+        std::smatch m;
+        ASSERT_TRUE(std::regex_search(text, m, count)) << text;
+        const bool replay = m[1].matched;
+        const auto kernels = std::stoull(m[2].str());
+        reset_stats();
+        wait(r);
+        const Stats st = stats();
+        set_fusion_enabled(true);
+        const std::string ctx = std::string(name) + (fusion ? " fused" : " unfused") + ", sighting " +
+                                std::to_string(sighting) + "\n" + text;
+        if (replay) {
+          EXPECT_EQ(st.graph_launches, 1u) << ctx;
+          EXPECT_EQ(st.kernel_launches, 0u) << ctx;
+        } else {
+          EXPECT_EQ(st.graph_launches, 0u) << ctx;
+          EXPECT_EQ(st.kernel_launches, kernels) << ctx;
+        }
+      }
+  detail::clear_replay_cache();
+}
+
+TEST_P(Fusion, ExplainOfAThousandNodesStartsWithASummary) {
+  TensorAwait x = input({4}, 49);
+  TensorAwait y = x;
+  for (int i = 0; i < 1200; ++i) y = i % 2 ? y * 1.0001f : y + 0.001f;
+  const std::string text = explain(y);
+  EXPECT_EQ(text.rfind("1200 pending ops; a wait launches ", 0), 0u) << text.substr(0, 200);
+  // 1200 scalar ops fuse in groups of at most 64 (the scalar cap): about 20 kernels, a line each
+  EXPECT_LT(std::count(text.begin(), text.end(), '\n'), 40) << "one line per kernel, not per node";
+  reset_stats();
+  wait(y);
+  std::smatch m;
+  const std::regex count(R"(a wait launches (\d+) kernel)");
+  ASSERT_TRUE(std::regex_search(text, m, count));
+  EXPECT_EQ(stats().kernel_launches, std::stoull(m[1].str()));
+}

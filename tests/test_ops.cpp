@@ -502,7 +502,9 @@ TEST(Explain, ShowsThePendingGraphAndWhatAWaitLaunches) {
   EXPECT_NE(before.find("mul"), std::string::npos) << before;
   EXPECT_NE(before.find("sum(dim=1)"), std::string::npos) << before;
   EXPECT_NE(before.find("[2, 3]"), std::string::npos) << before;
-  EXPECT_NE(before.find("would launch 3 kernels"), std::string::npos) << before;
+  // relu, mul and the sum run as one fused kernel (a reduction with its element-wise prologue)
+  EXPECT_NE(before.find("a wait launches 1 kernel (1 fused)"), std::string::npos) << before;
+  EXPECT_NE(before.find("fused(relu, mul, sum)"), std::string::npos) << before;
   wait(y);
   const std::string after = explain(y);
   EXPECT_NE(after.find("launches nothing"), std::string::npos) << after;

@@ -162,7 +162,7 @@ std::vector<CaseResult> run_suite(const std::vector<Workload>& workloads, const 
     for (const ModeRun& run : runs) {
       CaseResult r = summarize(w, run, settings, reference);
       if (run.mode == RunMode::eager) eager_median = r.median_s;
-      r.matches = r.max_rel_error <= settings.tolerance;
+      r.matches = r.max_rel_error <= std::max(settings.tolerance, w.min_tolerance);
       r.speedup = r.median_s > 0 && eager_median > 0 ? eager_median / r.median_s : 0;
       results.push_back(std::move(r));
     }

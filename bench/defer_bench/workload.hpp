@@ -19,6 +19,9 @@ struct Workload {
   double bytes_per_step = 0; // bytes an ideal kernel moves per step (inputs read once, output written
                              // once); 0 where GB/s means nothing (matmul-bound workloads)
   double flops_per_step = 0; // floating-point operations per step where they define the work (matmuls)
+  // The smallest error against eager that --tolerance may demand: in f16 or bf16 eager rounds after
+  // every op and a fused kernel only once, so they differ by a few of the dtype's roundings.
+  double min_tolerance = 0;
   // Makes the inputs (deterministic pseudo-random values, uploaded to the device) and returns the
   // step: a function that builds the step's ops on those inputs and returns the result to wait. In
   // eager mode the ops run at their call; in the deferred modes at the wait. The runner prepares a

@@ -10,6 +10,9 @@
 //   threads split n and meet in shared memory.
 // Blocks loop over their work (grid-stride), so grids stay below 65535 blocks for any size.
 //
+// Dtypes: every kernel is a template over the data's dtype tag (kernels/dtype_dispatch.hpp): f16
+// and bf16 elements are loaded to f32, computed as f32 data is, and rounded once when stored.
+//
 // Accuracy: sums are accumulated in double (per thread and across threads). The CPU reference
 // accumulates in double and the contract asks for 1e-5 relative; a float accumulator loses that
 // for long rows, and for layer norm a float mean of data with a large offset loses the digits that
@@ -23,6 +26,7 @@
 #include <cub/block/block_reduce.cuh>
 
 #include "cuda/ops.hpp"
+#include "dtype_dispatch.hpp"
 #include "runtime/cuda/cuda_check.hpp"
 
 namespace defer::kernels::cuda {
@@ -47,9 +51,12 @@ struct Plus {
     return a + b;
   }
 };
-// max that propagates NaN (fmaxf alone would drop it).
+// max and min that propagate NaN (fmaxf / fminf alone would drop it).
 struct NanMax {
   __device__ float operator()(float a, float b) const { return (a != a || b != b) ? a + b : fmaxf(a, b); }
+};
+struct NanMin {
+  __device__ float operator()(float a, float b) const { return (a != a || b != b) ? a + b : fminf(a, b); }
 };
 struct AsDouble {
   __device__ double operator()(float v) const { return v; }
@@ -99,24 +106,32 @@ struct MaxOp {  // the op layer rejects max of nothing; like the CPU kernel, it 
   __device__ static Acc identity() { return -INFINITY; }
   __device__ static float finish(Acc acc, std::int64_t n) { return n == 0 ? NAN : acc; }
 };
+struct MinOp {
+  using Acc = float;
+  using Combine = NanMin;
+  using Load = AsFloat;
+  __device__ static Acc identity() { return INFINITY; }
+  __device__ static float finish(Acc acc, std::int64_t n) { return n == 0 ? NAN : acc; }
+};
 
-// acc combined with load(p[j * stride]) for j = first, first + step, ... below n, in that order.
-// Four loads are issued before their values are combined, to keep several in flight per thread.
-template <class Acc, class Combine, class Load>
-__device__ __forceinline__ Acc accumulate(Acc acc, const float* p, std::int64_t first, std::int64_t n,
+// acc combined with load(p[j * stride]) for j = first, first + step, ... below n, in that order,
+// elements of Tag's dtype read as f32. Four loads are issued before their values are combined, to
+// keep several in flight per thread.
+template <class Tag, class Acc, class Combine, class Load>
+__device__ __forceinline__ Acc accumulate(Acc acc, const typename Tag::storage* p, std::int64_t first, std::int64_t n,
                                           std::int64_t step, std::int64_t stride, Combine combine, Load load) {
   std::int64_t j = first;
   for (; j + 3 * step < n; j += 4 * step) {
-    const float v0 = p[j * stride];
-    const float v1 = p[(j + step) * stride];
-    const float v2 = p[(j + 2 * step) * stride];
-    const float v3 = p[(j + 3 * step) * stride];
+    const float v0 = Tag::load(p[j * stride]);
+    const float v1 = Tag::load(p[(j + step) * stride]);
+    const float v2 = Tag::load(p[(j + 2 * step) * stride]);
+    const float v3 = Tag::load(p[(j + 3 * step) * stride]);
     acc = combine(acc, load(v0));
     acc = combine(acc, load(v1));
     acc = combine(acc, load(v2));
     acc = combine(acc, load(v3));
   }
-  for (; j < n; j += step) acc = combine(acc, load(p[j * stride]));
+  for (; j < n; j += step) acc = combine(acc, load(Tag::load(p[j * stride])));
   return acc;
 }
 
@@ -174,9 +189,10 @@ __device__ __forceinline__ std::int64_t row_step() {
 
 // ---- reduce ------------------------------------------------------------------------------------
 
-template <class Op, int kGroup>
+template <class Tag, class Op, int kGroup>
 __global__ void __launch_bounds__(kBlock)
-    reduce_rows_kernel(const float* x, float* out, std::int64_t rows, std::int64_t n, std::int64_t inner) {
+    reduce_rows_kernel(const typename Tag::storage* x, typename Tag::storage* out, std::int64_t rows, std::int64_t n,
+                       std::int64_t inner) {
   using Acc = typename Op::Acc;
   using Group = RowGroup<Acc, kGroup>;
   __shared__ typename Group::Storage storage;
@@ -185,16 +201,17 @@ __global__ void __launch_bounds__(kBlock)
   for (std::int64_t r = first_row<kGroup>(); r < rows; r += row_step<kGroup>()) {
     const std::int64_t o = r / inner;
     const std::int64_t i = r - o * inner;
-    const float* p = x + o * n * inner + i;
-    Acc acc = accumulate(Op::identity(), p, lane, n, kGroup, inner, typename Op::Combine{}, typename Op::Load{});
+    const typename Tag::storage* p = x + o * n * inner + i;
+    Acc acc = accumulate<Tag>(Op::identity(), p, lane, n, kGroup, inner, typename Op::Combine{}, typename Op::Load{});
     acc = group.all_reduce(acc, typename Op::Combine{});
-    if (lane == 0) out[r] = Op::finish(acc, n);
+    if (lane == 0) out[r] = Tag::store(Op::finish(acc, n));
   }
 }
 
-template <class Op>
+template <class Tag, class Op>
 __global__ void __launch_bounds__(kBlock)
-    reduce_columns_kernel(const float* x, float* out, std::int64_t outer, std::int64_t n, std::int64_t inner) {
+    reduce_columns_kernel(const typename Tag::storage* x, typename Tag::storage* out, std::int64_t outer, std::int64_t n,
+                          std::int64_t inner) {
   using Acc = typename Op::Acc;
   __shared__ Acc partial[kTileY][kTileX];
   const typename Op::Combine combine{};
@@ -205,12 +222,12 @@ __global__ void __launch_bounds__(kBlock)
     const std::int64_t i = (t - o * col_tiles) * kTileX + threadIdx.x;
     Acc acc = Op::identity();
     if (i < inner)
-      acc = accumulate(acc, x + o * n * inner + i, threadIdx.y, n, kTileY, inner, combine, typename Op::Load{});
+      acc = accumulate<Tag>(acc, x + o * n * inner + i, threadIdx.y, n, kTileY, inner, combine, typename Op::Load{});
     partial[threadIdx.y][threadIdx.x] = acc;
     __syncthreads();
     if (threadIdx.y == 0 && i < inner) {
       for (int y = 1; y < kTileY; ++y) acc = combine(acc, partial[y][threadIdx.x]);
-      out[o * inner + i] = Op::finish(acc, n);
+      out[o * inner + i] = Tag::store(Op::finish(acc, n));
     }
     __syncthreads();  // partial is rewritten by the next tile
   }
@@ -218,9 +235,10 @@ __global__ void __launch_bounds__(kBlock)
 
 // ---- softmax -----------------------------------------------------------------------------------
 
-template <int kGroup>
+template <class Tag, int kGroup>
 __global__ void __launch_bounds__(kBlock)
-    softmax_rows_kernel(const float* x, float* out, std::int64_t rows, std::int64_t n, std::int64_t inner) {
+    softmax_rows_kernel(const typename Tag::storage* x, typename Tag::storage* out, std::int64_t rows, std::int64_t n,
+                        std::int64_t inner) {
   using MaxGroup = RowGroup<float, kGroup>;
   using SumGroup = RowGroup<double, kGroup>;
   __shared__ typename MaxGroup::Storage max_storage;
@@ -232,19 +250,21 @@ __global__ void __launch_bounds__(kBlock)
     const std::int64_t o = r / inner;
     const std::int64_t i = r - o * inner;
     const std::int64_t base = o * n * inner + i;
-    const float* p = x + base;
-    float* q = out + base;
-    float m = accumulate(-INFINITY, p, lane, n, kGroup, inner, NanMax{}, AsFloat{});
+    const typename Tag::storage* p = x + base;
+    typename Tag::storage* q = out + base;
+    float m = accumulate<Tag>(-INFINITY, p, lane, n, kGroup, inner, NanMax{}, AsFloat{});
     m = max_group.all_reduce(m, NanMax{});
-    double s = accumulate(0.0, p, lane, n, kGroup, inner, Plus{}, ExpShifted{m});
+    double s = accumulate<Tag>(0.0, p, lane, n, kGroup, inner, Plus{}, ExpShifted{m});
     s = sum_group.all_reduce(s, Plus{});
     const float inv = static_cast<float>(1.0 / s);
-    for (std::int64_t j = lane; j < n; j += kGroup) q[j * inner] = expf(p[j * inner] - m) * inv;
+    for (std::int64_t j = lane; j < n; j += kGroup) q[j * inner] = Tag::store(expf(Tag::load(p[j * inner]) - m) * inv);
   }
 }
 
+template <class Tag>
 __global__ void __launch_bounds__(kBlock)
-    softmax_columns_kernel(const float* x, float* out, std::int64_t outer, std::int64_t n, std::int64_t inner) {
+    softmax_columns_kernel(const typename Tag::storage* x, typename Tag::storage* out, std::int64_t outer,
+                           std::int64_t n, std::int64_t inner) {
   __shared__ float max_part[kTileY][kTileX];
   __shared__ double sum_part[kTileY][kTileX];
   const std::int64_t col_tiles = (inner + kTileX - 1) / kTileX;
@@ -255,23 +275,23 @@ __global__ void __launch_bounds__(kBlock)
     const bool valid = i < inner;
     const std::int64_t base = valid ? o * n * inner + i : 0;
     float m = -INFINITY;
-    if (valid) m = accumulate(m, x + base, threadIdx.y, n, kTileY, inner, NanMax{}, AsFloat{});
+    if (valid) m = accumulate<Tag>(m, x + base, threadIdx.y, n, kTileY, inner, NanMax{}, AsFloat{});
     max_part[threadIdx.y][threadIdx.x] = m;
     __syncthreads();
     // Every thread of the column combines the 8 partials in the same order: the same max for all.
     m = max_part[0][threadIdx.x];
     for (int y = 1; y < kTileY; ++y) m = NanMax{}(m, max_part[y][threadIdx.x]);
     double s = 0.0;
-    if (valid) s = accumulate(s, x + base, threadIdx.y, n, kTileY, inner, Plus{}, ExpShifted{m});
+    if (valid) s = accumulate<Tag>(s, x + base, threadIdx.y, n, kTileY, inner, Plus{}, ExpShifted{m});
     sum_part[threadIdx.y][threadIdx.x] = s;
     __syncthreads();
     s = sum_part[0][threadIdx.x];
     for (int y = 1; y < kTileY; ++y) s += sum_part[y][threadIdx.x];
     if (valid) {
       const float inv = static_cast<float>(1.0 / s);
-      const float* p = x + base;
-      float* q = out + base;
-      for (std::int64_t j = threadIdx.y; j < n; j += kTileY) q[j * inner] = expf(p[j * inner] - m) * inv;
+      const typename Tag::storage* p = x + base;
+      typename Tag::storage* q = out + base;
+      for (std::int64_t j = threadIdx.y; j < n; j += kTileY) q[j * inner] = Tag::store(expf(Tag::load(p[j * inner]) - m) * inv);
     }
     __syncthreads();  // max_part and sum_part are rewritten by the next tile
   }
@@ -281,25 +301,65 @@ __global__ void __launch_bounds__(kBlock)
 
 // Two passes over the row (mean, then the mean of squared deviations: no cancellation), then the
 // normalized write. x may equal out: each element is read before its own write, by the same thread.
-template <int kGroup>
+template <class Tag, int kGroup>
 __global__ void __launch_bounds__(kBlock)
-    layer_norm_kernel(const float* x, const float* gamma, const float* beta, float* out, std::int64_t rows,
+    layer_norm_kernel(const typename Tag::storage* x, const typename Tag::storage* gamma,
+                      const typename Tag::storage* beta, typename Tag::storage* out, std::int64_t rows,
                       std::int64_t cols, float eps) {
   using Group = RowGroup<double, kGroup>;
   __shared__ typename Group::Storage storage;
   Group group{storage};
   const int lane = static_cast<int>(threadIdx.x % kGroup);
   for (std::int64_t r = first_row<kGroup>(); r < rows; r += row_step<kGroup>()) {
-    const float* p = x + r * cols;
-    float* q = out + r * cols;
-    const double sum = group.all_reduce(accumulate(0.0, p, lane, cols, kGroup, 1, Plus{}, AsDouble{}), Plus{});
+    const typename Tag::storage* p = x + r * cols;
+    typename Tag::storage* q = out + r * cols;
+    const double sum = group.all_reduce(accumulate<Tag>(0.0, p, lane, cols, kGroup, 1, Plus{}, AsDouble{}), Plus{});
     const double mean = sum / static_cast<double>(cols);
     const float mean_hi = static_cast<float>(mean);
     const Deviation dev{mean_hi, static_cast<float>(mean - static_cast<double>(mean_hi))};
     const double squares =
-        group.all_reduce(accumulate(0.0, p, lane, cols, kGroup, 1, Plus{}, SquaredDeviation{dev}), Plus{});
+        group.all_reduce(accumulate<Tag>(0.0, p, lane, cols, kGroup, 1, Plus{}, SquaredDeviation{dev}), Plus{});
     const float rstd = static_cast<float>(1.0 / sqrt(squares / static_cast<double>(cols) + eps));
-    for (std::int64_t j = lane; j < cols; j += kGroup) q[j] = dev(p[j]) * rstd * gamma[j] + beta[j];
+    for (std::int64_t j = lane; j < cols; j += kGroup)
+      q[j] = Tag::store(dev(Tag::load(p[j])) * rstd * Tag::load(gamma[j]) + Tag::load(beta[j]));
+  }
+}
+
+// ---- argmax ------------------------------------------------------------------------------------
+
+// A candidate of argmax: a value and its position along the reduced axis.
+struct Candidate {
+  float v;
+  long long j;
+};
+
+// The better of two candidates: a NaN beats every number (torch.argmax), a larger value a smaller
+// one, and among equals (NaNs included) the first position wins. Commutative and associative, so
+// any combining order gives the sequential scan's answer.
+__device__ __forceinline__ Candidate better(Candidate a, Candidate b) {
+  const bool a_nan = a.v != a.v, b_nan = b.v != b.v;
+  if (a_nan != b_nan) return a_nan ? a : b;
+  if (!a_nan && a.v != b.v) return a.v > b.v ? a : b;
+  return a.j <= b.j ? a : b;
+}
+
+// A warp per output (o, i): lanes scan j = lane, lane + 32, ... and meet in a butterfly.
+template <class Tag>
+__global__ void __launch_bounds__(kBlock)
+    argmax_kernel(const typename Tag::storage* x, long long* out, std::int64_t rows, std::int64_t n, std::int64_t inner) {
+  const int lane = static_cast<int>(threadIdx.x % kWarp);
+  for (std::int64_t r = first_row<kWarp>(); r < rows; r += row_step<kWarp>()) {
+    const std::int64_t o = r / inner;
+    const std::int64_t i = r - o * inner;
+    const typename Tag::storage* p = x + o * n * inner + i;
+    Candidate best{-INFINITY, n};  // n: no position yet (loses every tie with a real one)
+    for (std::int64_t j = lane; j < n; j += kWarp) best = better(best, Candidate{Tag::load(p[j * inner]), j});
+#pragma unroll
+    for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+      const Candidate other{__shfl_xor_sync(0xffffffffu, best.v, offset), __shfl_xor_sync(0xffffffffu, best.j, offset)};
+      best = better(best, other);
+    }
+    if (lane == 0) out[r] = best.j < n ? best.j : 0;
   }
 }
 
@@ -319,62 +379,95 @@ bool use_columns(std::int64_t outer, std::int64_t n, std::int64_t inner) {
   return tiles >= 128 || n < 4096;
 }
 
-template <class Op>
-void launch_reduce(const float* x, float* out, std::int64_t outer, std::int64_t n, std::int64_t inner,
+template <class Tag, class Op>
+void launch_reduce(const void* x_bytes, void* out_bytes, std::int64_t outer, std::int64_t n, std::int64_t inner,
                    cudaStream_t stream) {
+  const auto* x = static_cast<const typename Tag::storage*>(x_bytes);
+  auto* out = static_cast<typename Tag::storage*>(out_bytes);
   const std::int64_t rows = outer * inner;
   if (use_columns(outer, n, inner)) {
     const dim3 block(kTileX, kTileY);
-    reduce_columns_kernel<Op><<<grid_for(outer * ((inner + kTileX - 1) / kTileX), 1), block, 0, stream>>>(
+    reduce_columns_kernel<Tag, Op><<<grid_for(outer * ((inner + kTileX - 1) / kTileX), 1), block, 0, stream>>>(
         x, out, outer, n, inner);
   } else if (n <= kWarpRowMax) {
-    reduce_rows_kernel<Op, kWarp><<<grid_for(rows, kBlock / kWarp), kBlock, 0, stream>>>(x, out, rows, n, inner);
+    reduce_rows_kernel<Tag, Op, kWarp><<<grid_for(rows, kBlock / kWarp), kBlock, 0, stream>>>(x, out, rows, n, inner);
   } else {
-    reduce_rows_kernel<Op, kBlock><<<grid_for(rows, 1), kBlock, 0, stream>>>(x, out, rows, n, inner);
+    reduce_rows_kernel<Tag, Op, kBlock><<<grid_for(rows, 1), kBlock, 0, stream>>>(x, out, rows, n, inner);
   }
-  DEFER_CUDA_CHECK(cudaGetLastError());
+}
+
+// Calls fn(tag) for f32, f16 and bf16; other dtypes are the op layer's to reject.
+template <class F>
+void floating_dispatch(const char* who, DType dtype, F&& fn) {
+  dispatch(dtype, [&](auto tag) {
+    if constexpr (decltype(tag)::floating) fn(tag);
+    else throw std::invalid_argument(std::string("defer::kernels::cuda::") + who + ": " + dtype_name(dtype) +
+                                     " is not a floating dtype");
+  });
 }
 
 }  // namespace
 
-void reduce(ReduceOp op, const float* x, float* out, std::int64_t outer, std::int64_t n, std::int64_t inner,
+void reduce(ReduceOp op, DType dtype, const void* x, void* out, std::int64_t outer, std::int64_t n, std::int64_t inner,
             cudaStream_t stream) {
   check_sizes("reduce", outer, n, inner);
   if (outer == 0 || inner == 0) return;  // no outputs; n == 0 still writes the empty reduction
-  switch (op) {
-    case ReduceOp::sum: return launch_reduce<SumOp>(x, out, outer, n, inner, stream);
-    case ReduceOp::mean: return launch_reduce<MeanOp>(x, out, outer, n, inner, stream);
-    case ReduceOp::max: return launch_reduce<MaxOp>(x, out, outer, n, inner, stream);
-  }
-  throw std::invalid_argument("defer::kernels::cuda::reduce: unknown op " + std::to_string(static_cast<int>(op)));
-}
-
-void softmax(const float* x, float* out, std::int64_t outer, std::int64_t n, std::int64_t inner, cudaStream_t stream) {
-  check_sizes("softmax", outer, n, inner);
-  if (outer == 0 || n == 0 || inner == 0) return;
-  const std::int64_t rows = outer * inner;
-  if (use_columns(outer, n, inner)) {
-    const dim3 block(kTileX, kTileY);
-    softmax_columns_kernel<<<grid_for(outer * ((inner + kTileX - 1) / kTileX), 1), block, 0, stream>>>(x, out, outer,
-                                                                                                      n, inner);
-  } else if (n <= kWarpRowMax) {
-    softmax_rows_kernel<kWarp><<<grid_for(rows, kBlock / kWarp), kBlock, 0, stream>>>(x, out, rows, n, inner);
-  } else {
-    softmax_rows_kernel<kBlock><<<grid_for(rows, 1), kBlock, 0, stream>>>(x, out, rows, n, inner);
-  }
+  floating_dispatch("reduce", dtype, [&](auto tag) {
+    using Tag = decltype(tag);
+    switch (op) {
+      case ReduceOp::sum: return launch_reduce<Tag, SumOp>(x, out, outer, n, inner, stream);
+      case ReduceOp::mean: return launch_reduce<Tag, MeanOp>(x, out, outer, n, inner, stream);
+      case ReduceOp::max: return launch_reduce<Tag, MaxOp>(x, out, outer, n, inner, stream);
+      case ReduceOp::min: return launch_reduce<Tag, MinOp>(x, out, outer, n, inner, stream);
+      case ReduceOp::argmax:
+        argmax_kernel<Tag><<<grid_for(outer * inner, kBlock / kWarp), kBlock, 0, stream>>>(
+            static_cast<const typename Tag::storage*>(x), static_cast<long long*>(out), outer * inner, n, inner);
+        return;
+    }
+    throw std::invalid_argument("defer::kernels::cuda::reduce: unknown op " + std::to_string(static_cast<int>(op)));
+  });
   DEFER_CUDA_CHECK(cudaGetLastError());
 }
 
-void layer_norm(const float* x, const float* gamma, const float* beta, float* out, std::int64_t rows,
+void softmax(DType dtype, const void* x_bytes, void* out_bytes, std::int64_t outer, std::int64_t n, std::int64_t inner,
+             cudaStream_t stream) {
+  check_sizes("softmax", outer, n, inner);
+  if (outer == 0 || n == 0 || inner == 0) return;
+  const std::int64_t rows = outer * inner;
+  floating_dispatch("softmax", dtype, [&](auto tag) {
+    using Tag = decltype(tag);
+    const auto* x = static_cast<const typename Tag::storage*>(x_bytes);
+    auto* out = static_cast<typename Tag::storage*>(out_bytes);
+    if (use_columns(outer, n, inner)) {
+      const dim3 block(kTileX, kTileY);
+      softmax_columns_kernel<Tag><<<grid_for(outer * ((inner + kTileX - 1) / kTileX), 1), block, 0, stream>>>(
+          x, out, outer, n, inner);
+    } else if (n <= kWarpRowMax) {
+      softmax_rows_kernel<Tag, kWarp><<<grid_for(rows, kBlock / kWarp), kBlock, 0, stream>>>(x, out, rows, n, inner);
+    } else {
+      softmax_rows_kernel<Tag, kBlock><<<grid_for(rows, 1), kBlock, 0, stream>>>(x, out, rows, n, inner);
+    }
+  });
+  DEFER_CUDA_CHECK(cudaGetLastError());
+}
+
+void layer_norm(DType dtype, const void* x, const void* gamma, const void* beta, void* out, std::int64_t rows,
                 std::int64_t cols, float eps, cudaStream_t stream) {
   check_sizes("layer_norm", rows, cols, 0);
   if (rows == 0 || cols == 0) return;
-  if (cols <= kWarpRowMax) {
-    layer_norm_kernel<kWarp><<<grid_for(rows, kBlock / kWarp), kBlock, 0, stream>>>(x, gamma, beta, out, rows, cols,
-                                                                                    eps);
-  } else {
-    layer_norm_kernel<kBlock><<<grid_for(rows, 1), kBlock, 0, stream>>>(x, gamma, beta, out, rows, cols, eps);
-  }
+  floating_dispatch("layer_norm", dtype, [&](auto tag) {
+    using Tag = decltype(tag);
+    using S = typename Tag::storage;
+    const auto* xs = static_cast<const S*>(x);
+    const auto* g = static_cast<const S*>(gamma);
+    const auto* b = static_cast<const S*>(beta);
+    auto* o = static_cast<S*>(out);
+    if (cols <= kWarpRowMax) {
+      layer_norm_kernel<Tag, kWarp><<<grid_for(rows, kBlock / kWarp), kBlock, 0, stream>>>(xs, g, b, o, rows, cols, eps);
+    } else {
+      layer_norm_kernel<Tag, kBlock><<<grid_for(rows, 1), kBlock, 0, stream>>>(xs, g, b, o, rows, cols, eps);
+    }
+  });
   DEFER_CUDA_CHECK(cudaGetLastError());
 }
 

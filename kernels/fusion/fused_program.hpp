@@ -19,10 +19,11 @@
 namespace defer::kernels {
 
 // Caps of one fused program (ArrayFire's lesson: bound kernel size and kernel-argument bytes). The
-// planner splits a larger element-wise graph into several programs; it never fails for size.
+// planner splits a larger element-wise graph into several programs; it never fails for size. 64
+// scalars (256 bytes of the kernel argument) let a chain of scalar ops grow to the instruction cap.
 inline constexpr int kMaxFusedInputs = 16;
 inline constexpr int kMaxFusedOutputs = 8;
-inline constexpr int kMaxFusedScalars = 16;
+inline constexpr int kMaxFusedScalars = 64;
 inline constexpr int kMaxFusedInstructions = 256;
 
 enum class FusedKind : std::uint8_t {

@@ -79,7 +79,9 @@ Tensor launch_integer(const OpSpec& spec, const std::vector<Tensor>& inputs, con
     pointers.push_back(t.data_ptr());
     dtypes.push_back(t.dtype());
   }
-  const DType data = inputs[kernels::condition_operand(spec.op) == 0 ? 1 : 0].dtype();
+  std::vector<TensorMeta> metas;
+  for (const Tensor& t : inputs) metas.push_back(TensorMeta{t.shape(), t.dtype(), t.device()});
+  const DType data = data_dtype(spec, metas);
   auto layout = std::make_shared<kernels::FusedLayout>(make_fused_layout(out_meta.shape, shapes));
   backend_for(stream.device())
       .integer_elementwise(spec.op, std::move(layout), std::move(pointers), std::move(dtypes),

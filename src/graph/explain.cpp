@@ -1,17 +1,28 @@
-// explain(): the pending graph behind an Await<Tensor>, one line per distinct state (inputs
-// first), and what a wait would launch now.
+// explain(): the pending graph behind an Await<Tensor> and what a wait would launch now. The launch
+// list comes from the planner itself (fusion_planner.hpp's plan_and_build, replay.hpp's
+// would_replay), so the kernel count it prints is the count a wait adds to Stats::kernel_launches
+// (or the one graph launch of a replay). A diagnostic: it reads the graph without claiming it, so
+// a graph another thread is running at the same time may be described as it was a moment before.
 #include <exception>
 #include <sstream>
 #include <unordered_map>
 
 #include <defer/ops.hpp>
 
+#include "graph/fusion_planner.hpp"
 #include "graph/op_node.hpp"
+#include "graph/replay.hpp"
 
 namespace defer {
 namespace {
 
+using detail::AwaitState;
+using detail::OpNode;
+
+// The per-node listing is cut to the last this many lines; graphs of this many nodes or more get
+// the summary first.
 constexpr std::size_t kMaxLines = 200;
+constexpr std::size_t kSummaryNodes = 1000;
 
 std::string status_of(detail::AwaitStateBase& s) {
   switch (s.status()) {
@@ -30,46 +41,49 @@ std::string status_of(detail::AwaitStateBase& s) {
   return "?";
 }
 
-}  // namespace
+std::int64_t numel_of(const Shape& s) {
+  std::int64_t n = 1;
+  for (std::int64_t e : s) n *= e;
+  return n;
+}
 
-std::string explain(const TensorAwait& t) {
-  if (!t.valid()) return "empty Await\n";
-  using detail::AwaitState;
-  using detail::OpNode;
-  // Iterative post-order walk; pending nodes expand into their inputs, everything else is a leaf.
-  std::unordered_map<const void*, std::size_t> ids;
+// The listing: one line per distinct state (inputs first), and the pending op nodes in topological
+// order (what a wait would plan).
+struct Walk {
   std::vector<std::string> lines;
-  std::size_t launches = 0;
-  std::vector<std::string> launched_ops;
+  std::vector<OpNode*> order;
+};
+
+Walk walk(AwaitState<Tensor>* root) {
+  Walk w;
+  std::unordered_map<const void*, std::size_t> numbered;
+  std::unordered_map<const void*, bool> seen;
   struct Frame {
     AwaitState<Tensor>* state;
     std::size_t next;
   };
-  std::vector<Frame> stack{{t.state().get(), 0}};
-  ids.emplace(t.state().get(), 0);  // provisional; renumbered when emitted
-  std::size_t next_id = 0;
-  std::unordered_map<const void*, std::size_t> numbered;
-  while (!stack.empty()) {
+  std::vector<Frame> stack{{root, 0}};
+  seen.emplace(root, true);
+  while (!stack.empty()) {  // iterative post-order: deep graphs must not recurse
     Frame& f = stack.back();
     OpNode* node = detail::as_node(f.state);
-    const bool expand = node && f.state->status() == detail::AwaitStatus::pending;
-    if (expand && f.next < node->inputs().size()) {
+    const bool pending = node && f.state->status() == detail::AwaitStatus::pending;
+    if (pending && f.next < node->inputs().size()) {
       AwaitState<Tensor>* in = node->inputs()[f.next++];
-      if (ids.emplace(in, 0).second) stack.push_back({in, 0});
+      if (seen.emplace(in, true).second) stack.push_back({in, 0});
       continue;
     }
-    const std::size_t id = next_id++;
+    const std::size_t id = numbered.size();
     numbered[f.state] = id;
     std::ostringstream line;
     line << "%" << id << " = ";
     if (node) {
       line << detail::op_name(node->spec());
-      if (expand) {
+      if (pending) {
         line << "(";
         for (std::size_t i = 0; i < node->inputs().size(); ++i) line << (i ? ", " : "") << "%" << numbered[node->inputs()[i]];
         line << ")";
-        ++launches;
-        launched_ops.push_back(detail::short_name(node->spec()));
+        w.order.push_back(node);
       }
       if (node->meta()) line << " -> " << detail::describe(*node->meta());
       else if (f.state->status() == detail::AwaitStatus::ready) line << " -> " << shape_str(f.state->value().shape());
@@ -82,20 +96,90 @@ std::string explain(const TensorAwait& t) {
       line << "awaitable (runs first, shape unknown until then)";
     }
     line << "  [" << status_of(*f.state) << "]";
-    lines.push_back(line.str());
+    w.lines.push_back(line.str());
     stack.pop_back();
   }
-  std::ostringstream out;
-  const std::size_t shown = std::min(lines.size(), kMaxLines);
-  for (std::size_t i = lines.size() - shown; i < lines.size(); ++i) out << lines[i] << "\n";
-  if (shown < lines.size()) out << "... " << (lines.size() - shown) << " earlier lines not shown\n";
-  if (launches == 0) {
-    out << "a wait launches nothing: the result is " << status_of(*t.state()) << "\n";
-  } else {
-    out << "a wait would launch " << launches << " kernel" << (launches == 1 ? "" : "s") << ":";
-    for (const auto& op : launched_ops) out << " " << op;
-    out << "\n";
+  return w;
+}
+
+// One launch of the plan: its description and the bytes it writes.
+struct Launch {
+  std::string text;
+  std::int64_t bytes = 0;
+  bool fused = false;
+  bool kernel = true;  // false: a copy between devices (not a kernel launch)
+};
+
+std::vector<Launch> launches_of(const std::vector<OpNode*>& order) {
+  std::vector<Launch> out;
+  const detail::NodeIndex index = detail::index_of(order);
+  const std::optional<std::vector<detail::TensorMeta>> meta = detail::plan_meta(order, index);
+  const detail::FusionPlan fusion = detail::plan_and_build(order);
+  for (std::size_t i = 0; i < order.size(); ++i) {
+    const int g = fusion.group_of.empty() ? -1 : fusion.group_of[i];
+    if (g >= 0) {
+      const detail::FusionGroup& group = fusion.groups[static_cast<std::size_t>(g)];
+      if (group.members.back() != order[i]) continue;  // launched with its group's last member
+      Launch l;
+      l.fused = true;
+      std::int64_t per_output = numel_of(group.kernel.out_shape);
+      if (per_output == 0 || group.kernel.layout->numel() == 0) continue;  // nothing to compute
+      for (DType t : group.kernel.program->output_dtypes) l.bytes += per_output * static_cast<std::int64_t>(dtype_size(t));
+      l.text = "fused(" + group.kernel.ops + ") -> " + shape_str(group.kernel.out_shape) + ", " +
+               std::to_string(group.kernel.program->outputs.size()) + " output(s)";
+      out.push_back(std::move(l));
+      continue;
+    }
+    Launch l;
+    l.text = detail::op_name(order[i]->spec());
+    l.kernel = order[i]->spec().kind != detail::OpKind::to_device;
+    if (meta) {
+      const detail::TensorMeta& m = (*meta)[i];
+      if (numel_of(m.shape) == 0) continue;  // an empty result launches nothing
+      l.bytes = numel_of(m.shape) * static_cast<std::int64_t>(dtype_size(m.dtype));
+      l.text += " -> " + detail::describe(m);
+    }
+    if (!l.kernel) l.text += " (a copy, not a kernel)";
+    out.push_back(std::move(l));
   }
+  return out;
+}
+
+}  // namespace
+
+std::string explain(const TensorAwait& t) {
+  if (!t.valid()) return "empty Await\n";
+  const Walk w = walk(t.state().get());
+  std::ostringstream out;
+  if (w.order.empty()) {
+    for (std::size_t i = w.lines.size() - std::min(w.lines.size(), kMaxLines); i < w.lines.size(); ++i)
+      out << w.lines[i] << "\n";
+    out << "a wait launches nothing: the result is " << status_of(*t.state()) << "\n";
+    return out.str();
+  }
+  const std::vector<Launch> launches = launches_of(w.order);
+  std::size_t kernels = 0, fused = 0;
+  std::int64_t bytes = 0;
+  for (const Launch& l : launches) {
+    kernels += l.kernel ? 1 : 0;
+    fused += l.fused ? 1 : 0;
+    bytes += l.bytes;
+  }
+  const bool replay = detail::would_replay(w.order);
+  std::ostringstream summary;
+  summary << w.order.size() << " pending op" << (w.order.size() == 1 ? "" : "s") << "; a wait launches ";
+  if (replay) summary << "1 graph replaying ";
+  summary << kernels << " kernel" << (kernels == 1 ? "" : "s") << " (" << fused << " fused) writing " << bytes
+          << " bytes\n";
+
+  const bool big = w.order.size() >= kSummaryNodes;
+  if (big) out << summary.str();
+  const std::size_t shown = std::min(w.lines.size(), big ? std::size_t{0} : kMaxLines);
+  if (shown < w.lines.size()) out << "... " << (w.lines.size() - shown) << " lines of the graph not shown\n";
+  for (std::size_t i = w.lines.size() - shown; i < w.lines.size(); ++i) out << w.lines[i] << "\n";
+  if (!big) out << summary.str();
+  out << (replay ? "replayed kernels:\n" : "launches:\n");
+  for (const Launch& l : launches) out << "  " << l.text << "\n";
   return out.str();
 }
 

@@ -27,7 +27,7 @@ FusedKernel single_op_kernel(const OpSpec& spec, const std::vector<TensorMeta>& 
   FusedKernel kernel;
   kernel.layout = std::make_shared<kernels::FusedLayout>(make_fused_layout(out.shape, shapes));
   kernel.program = std::move(program);
-  kernel.scalars.assign(spec.scalars, spec.scalars + info.scalars);
+  kernel.scalars = fused_scalars(spec, in);
   kernel.out_shape = out.shape;
   kernel.ops = op_name(spec);
   kernel.op_count = 1;

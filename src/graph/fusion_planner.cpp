@@ -284,15 +284,17 @@ bool build_program(FusionGroup& group, const FusionPlan& plan) {
     group.inputs.clear();
     return false;
   };
+  auto meta_of = [&](AwaitState<Tensor>* s) {
+    auto planned = plan.metas.find(s);  // a node of this plan: not run yet
+    return planned != plan.metas.end() ? planned->second
+                                       : TensorMeta{s->value().shape(), s->value().dtype(), s->value().device()};
+  };
   auto value = [&](AwaitState<Tensor>* s) -> std::uint16_t {
     auto it = value_of.find(s);
     if (it != value_of.end()) return it->second;
     const auto input = static_cast<std::uint16_t>(group.inputs.size());
     group.inputs.push_back(s);
-    auto planned = plan.metas.find(s);  // a node of this plan: not run yet
-    const TensorMeta meta = planned != plan.metas.end()
-                                ? planned->second
-                                : TensorMeta{s->value().shape(), s->value().dtype(), s->value().device()};
+    const TensorMeta meta = meta_of(s);
     input_shapes.push_back(meta.shape);
     program->input_dtypes.push_back(meta.dtype);
     program->code.push_back({kernels::FusedKind::load, ElementwiseOp::neg, DType::f32, input});
@@ -311,7 +313,10 @@ bool build_program(FusionGroup& group, const FusionPlan& plan) {
     std::uint16_t operands[kernels::kMaxOpTensors] = {};
     for (int k = 0; k < info.tensors; ++k) operands[k] = value(node->inputs()[static_cast<std::size_t>(k)]);
     const auto first_scalar = static_cast<std::uint16_t>(scalars.size());
-    scalars.insert(scalars.end(), spec.scalars, spec.scalars + info.scalars);
+    std::vector<TensorMeta> in;
+    for (AwaitState<Tensor>* s : node->inputs()) in.push_back(meta_of(s));
+    const std::vector<float> own = fused_scalars(spec, in);
+    scalars.insert(scalars.end(), own.begin(), own.end());
     program->code.push_back(
         {kernels::FusedKind::op, spec.op, spec.dtype, operands[0], operands[1], operands[2], first_scalar});
     const auto v = static_cast<std::uint16_t>(program->code.size() - 1);

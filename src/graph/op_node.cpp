@@ -3,6 +3,7 @@
 #include <stdexcept>
 
 #include "graph/executor.hpp"
+#include "dtype_dispatch.hpp"
 #include "integer_elementwise.hpp"
 #include "runtime/stream_impl.hpp"
 
@@ -34,10 +35,21 @@ TensorMeta infer_meta(const OpSpec& spec, const std::vector<TensorMeta>& in) {
   throw std::logic_error("unknown op kind");
 }
 
+DType data_dtype(const OpSpec& spec, const std::vector<TensorMeta>& in) {
+  return in[kernels::condition_operand(spec.op) == 0 ? 1 : 0].dtype;  // the first operand that is not a condition
+}
+
 bool on_integer_path(const OpSpec& spec, const std::vector<TensorMeta>& in, const TensorMeta& out) {
-  if (spec.kind != OpKind::elementwise) return false;
-  const std::size_t data = kernels::condition_operand(spec.op) == 0 ? 1 : 0;  // the first data operand
-  return kernels::integer_path(spec.op, in[data].dtype, out.dtype);
+  return spec.kind == OpKind::elementwise && kernels::integer_path(spec.op, data_dtype(spec, in), out.dtype);
+}
+
+std::vector<float> fused_scalars(const OpSpec& spec, const std::vector<TensorMeta>& in) {
+  const int count = kernels::info(spec.op).scalars;
+  std::vector<float> scalars(spec.scalars, spec.scalars + count);
+  kernels::dispatch(data_dtype(spec, in), [&](auto tag) {
+    for (float& s : scalars) s = decltype(tag)::round(s);
+  });
+  return scalars;
 }
 
 std::string op_name(const OpSpec& spec) {

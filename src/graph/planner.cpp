@@ -84,10 +84,6 @@ Pending collect(const std::vector<OpNode*>& roots) {
   return p;
 }
 
-std::size_t index_in(const std::vector<OpNode*>& order, const OpNode* node) {
-  return static_cast<std::size_t>(std::find(order.begin(), order.end(), node) - order.begin());
-}
-
 }  // namespace
 
 void plan_and_launch(OpNode& root, StreamImpl& stream) {

@@ -1,5 +1,6 @@
 #include "graph/replay.hpp"
 
+#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <list>
@@ -46,7 +47,7 @@ struct ReplayPlan {
   std::vector<bool> published;  // per node: gets a tensor (else a fused member nobody holds)
   std::mutex busy;              // one replay at a time: a CUDA executable graph is not thread-safe
   GraphExec exec;
-  int failures = 0;  // consecutive failed replays (under `busy`)
+  std::atomic<int> failures{0};  // consecutive failed replays (changed under `busy`; explain() reads it)
 };
 
 // The structure of a claimed plan, and the external inputs in the order the key numbers them.
@@ -177,6 +178,14 @@ class PlanCache {
     return it->second.plan;
   }
 
+  // What find() would say, without counting a sighting or touching the recency order; a plan known
+  // to fail is reported as not replayable.
+  bool replayable(const std::string& key) {
+    std::lock_guard lock(mutex_);
+    auto it = entries_.find(key);
+    return it != entries_.end() && (!it->second.plan || it->second.plan->failures < kMaxReplayFailures);
+  }
+
   void store(const std::string& key, std::shared_ptr<ReplayPlan> plan) {
     std::lock_guard lock(mutex_);
     auto it = entries_.find(key);
@@ -240,7 +249,7 @@ std::optional<std::vector<Tensor>> launch_replay(ReplayPlan& plan, const Signatu
   } catch (const std::exception& e) {
     ++plan.failures;
     if (launch_log_enabled())
-      std::fprintf(stderr, "defer: replay failed (%d time(s) in a row), running the plan normally: %s\n", plan.failures,
+      std::fprintf(stderr, "defer: replay failed (%d time(s) in a row), running the plan normally: %s\n", plan.failures.load(),
                    e.what());
     return std::nullopt;  // the normal path runs the plan and reports the error per node
   } catch (...) {
@@ -252,6 +261,12 @@ std::optional<std::vector<Tensor>> launch_replay(ReplayPlan& plan, const Signatu
 }
 
 }  // namespace
+
+bool would_replay(const std::vector<OpNode*>& order) {
+  if (!graphs_enabled() || mode() == Mode::eager || order.size() < 2) return false;
+  const std::optional<Signature> sig = signature(order);
+  return sig && PlanCache::global().replayable(sig->key);
+}
 
 bool try_replay(const std::vector<OpNode*>& order, StreamImpl& wait_stream, const char* reason) {
   if (!graphs_enabled() || mode() == Mode::eager || order.size() < 2) return false;

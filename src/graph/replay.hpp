@@ -28,6 +28,10 @@ inline constexpr std::size_t kMaxReplayPlans = 64;
 // another thread, or an error while capturing): the caller then plans and launches it normally.
 bool try_replay(const std::vector<OpNode*>& order, StreamImpl& wait_stream, const char* reason);
 
+// Whether a wait of `order` (as try_replay takes it) would replay it now, for explain(): the same
+// conditions, without recording a sighting. A busy plan (another thread replaying it) still counts.
+bool would_replay(const std::vector<OpNode*>& order);
+
 // For tests: forget every cached plan (the next sighting of any structure is a first one).
 void clear_replay_cache();
 

@@ -49,9 +49,9 @@ CudaDeviceShape cuda_device_shape(int device) {
 }
 
 void launch_fused_cuda(const kernels::FusedProgram& program, const kernels::FusedLayout& layout,
-                       const float* const* inputs, float* const* outputs, const float* scalars, cudaStream_t stream,
+                       const void* const* inputs, void* const* outputs, const float* scalars, cudaStream_t stream,
                        int device) {
-  const std::string key = cuda_kernel_key(program, layout);  // checks the program
+  const std::string key = kernels::structure_key(program, layout);  // validates the program
   // A reduction writes its outer * inner outputs even over an empty domain (n == 0: the empty
   // reduction); an element-wise program has nothing to do then.
   if (program.reduction ? layout.reduce.outer * layout.reduce.inner == 0 : layout.numel() == 0) return;

@@ -23,7 +23,7 @@ struct FusedKernelCache::Entry {
 namespace {
 
 // Bumped whenever the file layout below changes.
-constexpr std::uint32_t kDiskFormatVersion = 1;
+constexpr std::uint32_t kDiskFormatVersion = 2;
 constexpr char kMagic[8] = {'d', 'e', 'f', 'e', 'r', 'K', 'C', '\n'};
 constexpr std::uintmax_t kMaxFileBytes = 64u << 20;
 
@@ -42,12 +42,11 @@ std::string hex(std::uint64_t v) {
   return s;
 }
 
-// Everything a disk file must match besides its payload.
-std::string file_identity(const std::string& key, int arch) {
-  std::string id = "format " + std::to_string(kDiskFormatVersion) + " codegen " + std::to_string(kCudaCodegenVersion) +
-                   " nvrtc " + nvrtc_version() + " sm_" + std::to_string(arch) + " key ";
-  id += key;
-  return id;
+// Everything a disk file must match besides its payload: the generated source by its hash and
+// length (the source itself embeds the math and spells every op, so it alone decides the kernel).
+std::string file_identity(const std::string& source, int arch) {
+  return "format " + std::to_string(kDiskFormatVersion) + " nvrtc " + nvrtc_version() + " sm_" + std::to_string(arch) +
+         " source " + hex(fnv1a(source)) + " " + std::to_string(source.size());
 }
 
 void put_u64(std::string& out, std::uint64_t v) {
@@ -164,15 +163,15 @@ KernelCacheCounters FusedKernelCache::counters() const noexcept {
   return c;
 }
 
-std::filesystem::path FusedKernelCache::disk_file(const std::string& key, int arch) const {
+std::filesystem::path FusedKernelCache::disk_file(const std::string& source, int arch) const {
   if (disk_dir_.empty()) return {};
-  return disk_dir_ / ("sm" + std::to_string(arch) + "-" + hex(fnv1a(file_identity(key, arch))) + ".kernel");
+  return disk_dir_ / ("sm" + std::to_string(arch) + "-" + hex(fnv1a(file_identity(source, arch))) + ".kernel");
 }
 
-std::optional<CompiledProgram> FusedKernelCache::read_disk(const std::string& key, int arch,
+std::optional<CompiledProgram> FusedKernelCache::read_disk(const std::string& source, int arch,
                                                            const std::string& name) const {
   if (disk_dir_.empty()) return std::nullopt;
-  const std::filesystem::path file = disk_file(key, arch);
+  const std::filesystem::path file = disk_file(source, arch);
   std::error_code ec;
   const std::uintmax_t size = std::filesystem::file_size(file, ec);
   if (ec || size > kMaxFileBytes) return std::nullopt;
@@ -180,16 +179,16 @@ std::optional<CompiledProgram> FusedKernelCache::read_disk(const std::string& ke
   if (!in) return std::nullopt;
   std::string data(static_cast<std::size_t>(size), '\0');
   if (!in.read(data.data(), static_cast<std::streamsize>(size))) return std::nullopt;
-  return decode(data, file_identity(key, arch), name, arch);
+  return decode(data, file_identity(source, arch), name, arch);
 }
 
-void FusedKernelCache::write_disk(const std::string& key, const std::string& name, const CompiledProgram& binary) {
+void FusedKernelCache::write_disk(const std::string& source, const std::string& name, const CompiledProgram& binary) {
   if (disk_dir_.empty() || !disk_writable_.load(std::memory_order_relaxed)) return;
   static std::atomic<std::uint64_t> sequence{0};
-  const std::filesystem::path file = disk_file(key, binary.arch);
+  const std::filesystem::path file = disk_file(source, binary.arch);
   std::filesystem::path temp = file;
   temp += ".tmp." + std::to_string(::getpid()) + "." + std::to_string(sequence.fetch_add(1));
-  const std::string data = encode(file_identity(key, binary.arch), name, binary);
+  const std::string data = encode(file_identity(source, binary.arch), name, binary);
   bool ok = false;
   {
     std::ofstream out(temp, std::ios::binary | std::ios::trunc);
@@ -229,13 +228,14 @@ FusedKernelCache::Entry& FusedKernelCache::ready_entry(const std::string& key, i
     return *entry;
   }
   const std::string name = cuda_kernel_name(key);
-  if (std::optional<CompiledProgram> stored = read_disk(key, arch, name)) {
+  const std::string source = generate_cuda_source(program, layout, name);
+  if (std::optional<CompiledProgram> stored = read_disk(source, arch, name)) {
     entry->kernel = CachedKernel{name, std::move(*stored)};
     disk_hits_.fetch_add(1, std::memory_order_relaxed);
   } else {
-    CompiledProgram compiled = compile_to_ptx(generate_cuda_source(program, layout, name), name, arch);
+    CompiledProgram compiled = compile_to_ptx(source, name, arch);
     compiles_.fetch_add(1, std::memory_order_relaxed);
-    write_disk(key, name, compiled);
+    write_disk(source, name, compiled);
     entry->kernel = CachedKernel{name, std::move(compiled)};
   }
   entry->ready.store(true, std::memory_order_release);
@@ -249,7 +249,7 @@ const CachedKernel& FusedKernelCache::get(const std::string& key, int arch, cons
 
 const CachedKernel& FusedKernelCache::get(const kernels::FusedProgram& program, const kernels::FusedLayout& layout,
                                           int arch) {
-  return get(cuda_kernel_key(program, layout), arch, program, layout);
+  return get(kernels::structure_key(program, layout), arch, program, layout);
 }
 
 cudaKernel_t FusedKernelCache::kernel(const std::string& key, int arch, const kernels::FusedProgram& program,

@@ -3,9 +3,11 @@
 // second process starts warm. Compiling and the disk cache need no GPU; loading a kernel does.
 //
 // Disk cache: one file per kernel in DEFER_CACHE_DIR, else $XDG_CACHE_HOME/defer, else
-// ~/.cache/defer. The file name is a hash of the structure key, the NVRTC version, the
-// architecture and the format/codegen versions; the file repeats all of them and a checksum, so a
-// colliding, stale, truncated or corrupt file is ignored (and rewritten). Files are written to a
+// ~/.cache/defer. The file name is a hash of the generated source (which embeds
+// kernels/elementwise_math.h and spells every op and dtype the program uses), the NVRTC version,
+// the architecture and the file format; the file repeats all of them and a checksum, so a colliding,
+// stale, truncated or corrupt file is ignored (and rewritten), and a kernel compiled from other math
+// or for a renumbered op is never loaded. Files are written to a
 // temporary name in the same directory and renamed, so a reader never sees half a file. A directory
 // that cannot be created disables the disk cache, a failed write disables writing: silently.
 #include <cuda_runtime_api.h>
@@ -51,9 +53,9 @@ class FusedKernelCache {
   static FusedKernelCache& global();
 
   // The compiled kernel for the program's structure on sm_<arch>: from memory, else from disk,
-  // else compiled (and written to disk). Throws std::invalid_argument for a program that cannot be
-  // fused (check_cuda_fusable), defer::Error when NVRTC fails. The reference stays valid as long
-  // as the cache. `key` must be cuda_kernel_key(program, layout).
+  // else compiled (and written to disk). Throws std::invalid_argument for a malformed program
+  // (kernels::validate), defer::Error when NVRTC fails. The reference stays valid as long as the
+  // cache. `key` must be kernels::structure_key(program, layout).
   const CachedKernel& get(const std::string& key, int arch, const kernels::FusedProgram& program,
                           const kernels::FusedLayout& layout);
   const CachedKernel& get(const kernels::FusedProgram& program, const kernels::FusedLayout& layout, int arch);
@@ -68,7 +70,7 @@ class FusedKernelCache {
   // The disk cache directory; empty when there is none.
   const std::filesystem::path& disk_dir() const noexcept { return disk_dir_; }
   // Where the kernel for (key, arch) lives (or would live) on disk; empty without a disk cache.
-  std::filesystem::path disk_file(const std::string& key, int arch) const;
+  std::filesystem::path disk_file(const std::string& source, int arch) const;
 
   // The directory the default constructor uses, from the environment; empty when none can be named.
   static std::filesystem::path default_disk_dir();
@@ -77,8 +79,8 @@ class FusedKernelCache {
   struct Entry;
   Entry& ready_entry(const std::string& key, int arch, const kernels::FusedProgram& program,
                      const kernels::FusedLayout& layout);
-  std::optional<CompiledProgram> read_disk(const std::string& key, int arch, const std::string& name) const;
-  void write_disk(const std::string& key, const std::string& name, const CompiledProgram& binary);
+  std::optional<CompiledProgram> read_disk(const std::string& source, int arch, const std::string& name) const;
+  void write_disk(const std::string& source, const std::string& name, const CompiledProgram& binary);
 
   std::filesystem::path disk_dir_;
   std::atomic<bool> disk_writable_{true};
