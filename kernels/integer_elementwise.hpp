@@ -14,10 +14,11 @@
 namespace defer::kernels {
 
 // Whether an element-wise op with these data and result dtypes must be computed exactly here: its
-// data operands are i32 or i64, unless it is a cast to a floating or boolean dtype (which f32 does
-// exactly: the load rounds once, as the cast must).
+// data operands are i32 or i64, unless it is a cast to f32 or boolean (which a fused program does
+// exactly: its load rounds once, as the cast must). A cast to f16 or bf16 comes here: through f32 it
+// would round twice.
 constexpr bool integer_path(ElementwiseOp op, DType data, DType result) {
-  return is_integer(data) && !(op == ElementwiseOp::to && !is_integer(result));
+  return is_integer(data) && !(op == ElementwiseOp::to && (result == DType::f32 || result == DType::boolean));
 }
 
 // One element: a, b, c are the operands (booleans as 0 or 1), s the scalar already converted to the
@@ -52,13 +53,29 @@ DEFER_MATH std::int64_t integer_load(const void* p, DType dtype, std::int64_t i)
   }
 }
 
-// Stores v as dtype: i64 -> i32 wraps (two's complement, as torch), boolean is v != 0.
+// v as an f32 rounded to odd: the 24 leading bits of |v|, the last one set when any bit below was.
+// Rounding that to f16 or bf16 (nearest even) gives what rounding v itself would: the sticky bit
+// decides the ties the first rounding would otherwise have made.
+DEFER_MATH float integer_to_float_odd(std::int64_t v) {
+  const std::uint64_t m = v < 0 ? 0ull - static_cast<std::uint64_t>(v) : static_cast<std::uint64_t>(v);
+  int shift = 0;
+  while ((m >> shift) >= (1ull << 24)) ++shift;
+  std::uint64_t kept = m >> shift;
+  if ((kept << shift) != m) kept |= 1u;
+  const float f = ldexpf(static_cast<float>(kept), shift);  // exact: kept < 2^24
+  return v < 0 ? -f : f;
+}
+
+// Stores v as dtype: i64 -> i32 wraps (two's complement, as torch), boolean is v != 0, f16 and bf16
+// round to nearest even once.
 DEFER_MATH void integer_store(void* p, DType dtype, std::int64_t i, std::int64_t v) {
   switch (dtype) {
     case DType::i32: static_cast<std::int32_t*>(p)[i] = static_cast<std::int32_t>(static_cast<std::uint32_t>(v)); return;
     case DType::i64: static_cast<std::int64_t*>(p)[i] = v; return;
     case DType::boolean: static_cast<std::uint8_t*>(p)[i] = v != 0; return;
-    default: return;
+    case DType::f16: static_cast<std::uint16_t*>(p)[i] = defer_store_f16(integer_to_float_odd(v)); return;
+    case DType::bf16: static_cast<std::uint16_t*>(p)[i] = defer_store_bf16(integer_to_float_odd(v)); return;
+    case DType::f32: return;  // never sent here (integer_path)
   }
 }
 

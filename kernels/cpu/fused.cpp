@@ -193,6 +193,10 @@ namespace {
       });                                                                                                 \
     } else {                                                                                              \
       op_loop<Tensors, Scalars>(f, a, b, c, s, out, n);                                                   \
+      if (dtype == DType::f32) return;                                                                    \
+      dispatch(dtype, [&](auto tag) { /* the result as its f16, bf16, ... tensor would hold it */        \
+        for (i64 i = 0; i < n; ++i) out[i] = decltype(tag)::round(out[i]);                                \
+      });                                                                                                 \
     }                                                                                                     \
   }                                                                                                       \
   void op(ElementwiseOp op, DType dtype, const float* a, const float* b, const float* c, const float* s,  \
@@ -202,7 +206,8 @@ namespace {
     }                                                                                                     \
   }
 
-// `to` computes the rounding of its target dtype (its fn names no function); every other op its fn.
+// `to` is the rounding of its target dtype (its fn names no function); every other op is its fn,
+// then the rounding through its result's dtype.
 #define DEFER_LOOP_CASE(id, name, tensors, scalars, fn, result, data)                                      \
   case ElementwiseOp::id:                                                                                 \
     op_or_cast<OpResult::result, tensors, scalars>([](auto... x) { return fn(x...); }, dtype, a, b, c, s, out, n); \

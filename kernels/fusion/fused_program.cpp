@@ -84,8 +84,8 @@ void validate(const FusedProgram& program, const FusedLayout& layout) {
     if (op.scalars > 0 && in.s + op.scalars > program.num_scalars)
       fail(at(i) + " (" + op.name + ") reads scalars " + str(in.s) + ".." + str(in.s + op.scalars - 1) + ", but there are " +
            str(program.num_scalars) + " scalars");
-    if (in.op == ElementwiseOp::to && !known_dtype(in.dtype))
-      fail(at(i) + " (to) casts to unknown dtype code " + str(static_cast<int>(in.dtype)));
+    if (!known_dtype(in.dtype))
+      fail(at(i) + " (" + op.name + ") has a result of unknown dtype code " + str(static_cast<int>(in.dtype)));
   }
   for (std::size_t j = 0; j < program.outputs.size(); ++j)
     if (program.outputs[j] >= count)
@@ -111,7 +111,7 @@ void validate(const FusedProgram& program, const FusedLayout& layout) {
 
 // Grammar, one token per item: "n<inputs>s<scalars>d<ndim>:" (ndim 0 unless an input is strided),
 // per input its access ('f', 'u', 'g') and dtype code, then per instruction "L<input>" or
-// "O<op>.<a>.<b>.<c>.<s>" ("T<dtype>" after a cast), per output "=<value>.<dtype>", and for a reduction
+// "O<op>.<a>.<b>.<c>.<s>" ("T<dtype>" after an op whose result is not f32), per output "=<value>.<dtype>", and for a reduction
 // "R<op>.<value>" and 'r' when the reduced rows are contiguous (inner == 1) or 'c' when they are
 // columns.
 std::string structure_key(const FusedProgram& program, const FusedLayout& layout) {
@@ -145,7 +145,7 @@ std::string structure_key(const FusedProgram& program, const FusedLayout& layout
     put('.', in.b);
     put('.', in.c);
     put('.', in.s);
-    if (in.op == ElementwiseOp::to) put('T', static_cast<int>(in.dtype));
+    if (in.dtype != DType::f32) put('T', static_cast<int>(in.dtype));
   }
   for (std::size_t j = 0; j < program.outputs.size(); ++j) {
     put('=', program.outputs[j]);

@@ -34,7 +34,10 @@ enum class FusedKind : std::uint8_t {
 struct FusedInstr {
   FusedKind kind = FusedKind::load;
   ElementwiseOp op = ElementwiseOp::neg;  // kind == op
-  DType dtype = DType::f32;               // op == to: the dtype it casts to
+  // kind == op: the dtype of the op's result (a cast's target). The value is rounded through it, as
+  // the op's own tensor would hold it, so that a fused program computes bit for bit what the ops
+  // compute one by one: an f16 chain rounds after every op, fused or not.
+  DType dtype = DType::f32;
   // load: a is the input. op: the operand values, the first info(op).tensors of a, b, c.
   std::uint16_t a = 0, b = 0, c = 0;
   std::uint16_t s = 0;  // op: its first scalar; it reads scalars s .. s + info(op).scalars - 1
@@ -50,8 +53,9 @@ struct FusedReduction {
   std::uint16_t value = 0;  // the SSA value reduced
 };
 
-// Every value is computed in f32. Inputs are loaded from their dtype (input_dtypes) and outputs
-// stored in theirs (output_dtypes), rounding once, with the conversions of elementwise_math.h.
+// Every value is computed in f32 and rounded through its op's result dtype (FusedInstr::dtype).
+// Inputs are loaded from their dtype (input_dtypes) and outputs stored in theirs (output_dtypes),
+// with the conversions of elementwise_math.h.
 struct FusedProgram {
   std::vector<FusedInstr> code;
   std::vector<std::uint16_t> outputs;  // value indices written, one output buffer each

@@ -50,8 +50,9 @@ void log_launch(const OpSpec& spec, const std::vector<Tensor>& in, const TensorM
 }
 
 // out[o, j, i] = x[o, index[j], i] over the dim `dim` of x: index_select, and embedding (dim 0 of
-// the weight, the ids flattened). A bad index is reported by the wait: std::out_of_range.
-void launch_index(const OpSpec& spec, const Tensor& x, const Tensor& index, Tensor& out, StreamImpl& stream) {
+// the weight, the ids flattened). Returns what std::out_of_range must say when an index is bad.
+std::optional<std::string> launch_index(const OpSpec& spec, const Tensor& x, const Tensor& index, Tensor& out,
+                                        StreamImpl& stream) {
   const int dim = spec.kind == OpKind::embedding ? 0 : normalize_dim("index_select", spec.dim, x.shape().size());
   const AxisSplit axis = split_at(x.shape(), dim);
   const std::int64_t count = index.numel();
@@ -59,11 +60,10 @@ void launch_index(const OpSpec& spec, const Tensor& x, const Tensor& index, Tens
       backend_for(stream.device())
           .index_select(x.data_ptr(), dtype_size(x.dtype()), index.data_ptr(), index.dtype(), axis.outer, axis.n, count,
                         axis.inner, out.data_ptr(), stream);
-  if (fault)
-    throw std::out_of_range(std::string(short_name(spec)) + ": index " + std::to_string(fault->value) + " (at position " +
-                            std::to_string(fault->position) + " of the indices) is out of range for dim " +
-                            std::to_string(dim) + " of extent " + std::to_string(axis.n) + " (shape " +
-                            shape_str(x.shape()) + ")");
+  if (!fault) return std::nullopt;
+  return std::string(short_name(spec)) + ": index " + std::to_string(fault->value) + " (at position " +
+         std::to_string(fault->position) + " of the indices) is out of range for dim " + std::to_string(dim) +
+         " of extent " + std::to_string(axis.n) + " (shape " + shape_str(x.shape()) + ")";
 }
 
 // An element-wise op on integer data: exact, unfused (kernels/integer_elementwise.hpp).
@@ -90,26 +90,28 @@ Tensor launch_integer(const OpSpec& spec, const std::vector<Tensor>& inputs, con
   return out;
 }
 
-// The op's kernel, queued on `stream` (on the tensors' device).
-void launch_kernel(const OpSpec& spec, const std::vector<Tensor>& in, Tensor& out, StreamImpl& stream) {
+// The op's kernel, queued on `stream` (on the tensors' device). Index ops return the message of the
+// bad index they found (the kernel ran, and counts as a launch, all the same).
+std::optional<std::string> launch_kernel(const OpSpec& spec, const std::vector<Tensor>& in, Tensor& out,
+                                         StreamImpl& stream) {
   Backend& backend = backend_for(stream.device());
   const Tensor& x = in[0];
   switch (spec.kind) {
     case OpKind::reduce: {
       const AxisSplit axis = split_at(x.shape(), normalize_dim("reduce", spec.dim, x.shape().size()));
       backend.reduce(spec.reduce, x.dtype(), x.data_ptr(), out.data_ptr(), axis, stream);
-      return;
+      return std::nullopt;
     }
     case OpKind::softmax: {
       const AxisSplit axis = split_at(x.shape(), normalize_dim("softmax", spec.dim, x.shape().size()));
       backend.softmax(x.dtype(), x.data_ptr(), out.data_ptr(), axis, stream);
-      return;
+      return std::nullopt;
     }
     case OpKind::layer_norm: {
       const std::int64_t cols = x.shape().back();
       backend.layer_norm(x.dtype(), x.data_ptr(), in[1].data_ptr(), in[2].data_ptr(), out.data_ptr(), x.numel() / cols, cols,
                          spec.scalars[0], stream);
-      return;
+      return std::nullopt;
     }
     case OpKind::matmul: {
       const Shape& a = x.shape();
@@ -122,16 +124,16 @@ void launch_kernel(const OpSpec& spec, const std::vector<Tensor>& in, Tensor& ou
       d.a_stride = a.size() == 3 ? d.m * d.k : 0;
       d.b_stride = b.size() == 3 ? d.k * d.n : 0;
       backend.matmul(x.dtype(), x.data_ptr(), in[1].data_ptr(), out.data_ptr(), d, stream);
-      return;
+      return std::nullopt;
     }
     case OpKind::transpose: {
       const Shape& a = x.shape();
       const std::int64_t rows = a[a.size() - 2], cols = a.back();
       backend.transpose(dtype_size(x.dtype()), x.data_ptr(), out.data_ptr(), x.numel() / (rows * cols), rows, cols, stream);
-      return;
+      return std::nullopt;
     }
     case OpKind::index_select:
-    case OpKind::embedding: launch_index(spec, x, in[1], out, stream); return;
+    case OpKind::embedding: return launch_index(spec, x, in[1], out, stream);
     case OpKind::elementwise:
     case OpKind::to_device: break;
   }
@@ -158,8 +160,9 @@ Tensor launch_op(const OpSpec& spec, const std::vector<Tensor>& inputs, const Te
   }
   Tensor out = allocate_tensor(out_meta.shape, out_meta.dtype, stream, op_name(spec).c_str());
   if (out.numel() == 0) return out;  // nothing to compute
-  launch_kernel(spec, inputs, out, stream);
+  const std::optional<std::string> bad_index = launch_kernel(spec, inputs, out, stream);
   count_launch(false);
+  if (bad_index) throw std::out_of_range(*bad_index);
   return out;
 }
 

@@ -18,7 +18,7 @@ FusedKernel single_op_kernel(const OpSpec& spec, const std::vector<TensorMeta>& 
     program->input_dtypes.push_back(in[i].dtype);
     shapes.push_back(in[i].shape);
   }
-  kernels::FusedInstr op{kernels::FusedKind::op, spec.op, spec.dtype, 0, 1, 2, 0};
+  kernels::FusedInstr op{kernels::FusedKind::op, spec.op, out.dtype, 0, 1, 2, 0};
   program->code.push_back(op);
   program->outputs.push_back(static_cast<std::uint16_t>(in.size()));
   program->output_dtypes.push_back(out.dtype);

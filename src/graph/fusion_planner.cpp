@@ -317,8 +317,9 @@ bool build_program(FusionGroup& group, const FusionPlan& plan) {
     for (AwaitState<Tensor>* s : node->inputs()) in.push_back(meta_of(s));
     const std::vector<float> own = fused_scalars(spec, in);
     scalars.insert(scalars.end(), own.begin(), own.end());
-    program->code.push_back(
-        {kernels::FusedKind::op, spec.op, spec.dtype, operands[0], operands[1], operands[2], first_scalar});
+    // The result's dtype: every value is rounded as the node's own tensor would hold it.
+    program->code.push_back({kernels::FusedKind::op, spec.op, plan.metas.at(node).dtype, operands[0], operands[1],
+                             operands[2], first_scalar});
     const auto v = static_cast<std::uint16_t>(program->code.size() - 1);
     value_of.emplace(node, v);
     if (group.materialize[m]) {

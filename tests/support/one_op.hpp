@@ -55,7 +55,7 @@ inline kernels::FusedInstr load(int input) {
   in.a = static_cast<std::uint16_t>(input);
   return in;
 }
-// op of values a, b, c (as many as it takes) and scalars s, s + 1, ...
+// op of values a, b, c (as many as it takes) and scalars s, s + 1, ..., an f32 result
 inline kernels::FusedInstr op_instr(ElementwiseOp op, int a, int b = 0, int c = 0, int s = 0) {
   return {kernels::FusedKind::op, op, DType::f32, static_cast<std::uint16_t>(a), static_cast<std::uint16_t>(b),
           static_cast<std::uint16_t>(c), static_cast<std::uint16_t>(s)};

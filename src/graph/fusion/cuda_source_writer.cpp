@@ -24,14 +24,20 @@ std::string str(std::int64_t v) { return std::to_string(v); }
 std::string storage_type(DType t) { return std::string("defer_") + dtype_name(t) + "_t"; }
 
 // One instruction's right-hand side: the op's function of its operands and scalars, as the op
-// table names it; a cast rounds through its target dtype.
+// table names it, rounded through the result's dtype unless that is f32; a cast is that rounding.
 std::string op_expr(const FusedInstr& ins, const std::vector<std::string>& operands) {
   const kernels::ElementwiseInfo& info = kernels::info(ins.op);
-  if (ins.op == ElementwiseOp::to) return std::string("defer_round_") + dtype_name(ins.dtype) + "(" + operands[0] + ")";
-  std::string e = std::string(info.fn) + "(";
-  for (int k = 0; k < info.tensors; ++k) e += (k ? ", " : "") + operands[static_cast<std::size_t>(k)];
-  for (int k = 0; k < info.scalars; ++k) e += ", a.s[" + str(ins.s + k) + "]";
-  return e + ")";
+  std::string e;
+  if (ins.op == ElementwiseOp::to) {
+    e = operands[0];
+  } else {
+    e = std::string(info.fn) + "(";
+    for (int k = 0; k < info.tensors; ++k) e += (k ? ", " : "") + operands[static_cast<std::size_t>(k)];
+    for (int k = 0; k < info.scalars; ++k) e += ", a.s[" + str(ins.s + k) + "]";
+    e += ")";
+  }
+  if (ins.dtype == DType::f32) return e;
+  return std::string("defer_round_") + dtype_name(ins.dtype) + "(" + e + ")";
 }
 
 const char* access_name(InputAccess a) {
@@ -131,7 +137,7 @@ class SourceWriter {
       } else {
         const kernels::ElementwiseInfo& info = kernels::info(ins.op);
         text += info.id;
-        if (ins.op == ElementwiseOp::to) text += std::string(" ") + dtype_name(ins.dtype);
+        if (ins.dtype != DType::f32) text += std::string(" -> ") + dtype_name(ins.dtype);
         const std::uint16_t operands[] = {ins.a, ins.b, ins.c};
         for (int k = 0; k < info.tensors; ++k) text += (k ? ", " : " ") + value(operands[k]);
         for (int k = 0; k < info.scalars; ++k) text += ", s" + str(ins.s + k);
