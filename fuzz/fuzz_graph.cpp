@@ -1,8 +1,8 @@
-// libFuzzer target: the input is a program in the graph language of graph_lang.hpp. Parse errors
-// are fine (most random inputs are not programs); a program runs twice on the CPU backend, once as
-// written (deferred and eager mixed, several streams, fusion and replay switched) and once all
-// eager on one stream, and the two must agree bit for bit. Any crash, sanitizer report, uncaught
-// exception or disagreement (abort) is a finding.
+// libFuzzer target: the input is a program in the graph language of tests/support/graph_lang.hpp.
+// Parse errors are fine (most random inputs are not programs); a program runs twice on the CPU
+// backend, once as written (deferred and eager mixed, several streams, fusion and replay switched)
+// and once all eager on one stream, and the two must agree bit for bit. Any crash, sanitizer
+// report, uncaught exception or disagreement (abort) is a finding.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>

@@ -1,8 +1,11 @@
-// Property tests over random op graphs (tests/random_graph.hpp): every op of API.md section 5,
-// broadcasting, shared subexpressions, random waits (wait and wait_all), several streams, eager and
-// deferred mixed, fusion and graph replay switched on and off. For every case:
+// Property tests over random op graphs (tests/support/random_graph.hpp): every op of API.md
+// sections 5 and 9 (every row of the op table, every reduction, casts between every dtype, index ops
+// with indices in and out of range), broadcasting, shared subexpressions, f16/bf16 chains, random
+// waits (wait and wait_all), several streams, eager and deferred mixed, fusion and graph replay
+// switched on and off. For every case:
 //   - deferred (as the program says) equals eager (every op eager, one stream) bit for bit;
-//   - both are within the float64 reference's error bound;
+//   - both are within the float64 reference's error bound (integers and booleans exactly), and
+//     fail with std::out_of_range exactly where the reference says an index is out of range;
 //   - the same structure with other leaf values (a plan that may be replayed) matches its reference.
 // DEFER_PROPERTY_CASES sets the number of cases (default 2000, 400 under a sanitizer; split over
 // shards that ctest runs in parallel), DEFER_PROPERTY_SEED the first seed. A failure prints the seed, the program and the
@@ -18,8 +21,8 @@
 
 #include <defer/defer.hpp>
 
-#include "graph_lang.hpp"
-#include "random_graph.hpp"
+#include "support/graph_lang.hpp"
+#include "support/random_graph.hpp"
 
 using namespace defer;
 using namespace defer::testing;
@@ -77,9 +80,8 @@ std::string check_case(uint32_t seed) {
   if (!deferred.problems.empty()) return report(deferred.problems.front(), -1);
   if (const std::string d = L::compare(deferred, eager); !d.empty()) return report("deferred != eager: " + d, -1);
   for (const L::Observation& o : deferred.observations) {
-    if (o.outcome != "ok") return report("'" + o.name + "' failed: " + o.outcome + ": " + o.message, o.id);
     if (!ref.valid[static_cast<std::size_t>(o.id)]) return report("'" + o.name + "' has no reference", o.id);
-    if (const std::string d = check_bounded(o.values, ref.values[static_cast<std::size_t>(o.id)]); !d.empty())
+    if (const std::string d = check_observation(o, ref.values[static_cast<std::size_t>(o.id)]); !d.empty())
       return report("'" + o.name + "' differs from the float64 reference: " + d, o.id);
   }
   // The same structure and shapes with other values: what a replayed plan must get right.
@@ -88,11 +90,9 @@ std::string check_case(uint32_t seed) {
   const L::RunResult second = L::run(again);
   if (!second.problems.empty()) return report("second run: " + second.problems.front(), -1);
   if (second.observations.size() != deferred.observations.size()) return report("second run: other observations", -1);
-  for (const L::Observation& o : second.observations) {
-    if (o.outcome != "ok") return report("second run: '" + o.name + "' failed: " + o.message, o.id);
-    if (const std::string d = check_bounded(o.values, ref2.values[static_cast<std::size_t>(o.id)]); !d.empty())
+  for (const L::Observation& o : second.observations)
+    if (const std::string d = check_observation(o, ref2.values[static_cast<std::size_t>(o.id)]); !d.empty())
       return report("second run (other leaf values): '" + o.name + "' differs from the float64 reference: " + d, o.id);
-  }
   return "";
 }
 
@@ -123,26 +123,28 @@ INSTANTIATE_TEST_SUITE_P(Shards, Property, ::testing::Range(0, kShards));
 TEST(PropertyHarness, GenerationIsReproducibleAndCoversEveryOp) {
   EXPECT_EQ(L::to_text(GraphGenerator(42).generate()), L::to_text(GraphGenerator(42).generate()));
   EXPECT_NE(L::to_text(GraphGenerator(42).generate()), L::to_text(GraphGenerator(43).generate()));
-  // Over a few hundred programs every op, every unary and binary function and every directive shows up.
+  // Over a few hundred programs every statement kind, every row of the op table, every reduction,
+  // every dtype and both outcomes of an index op show up.
   std::set<std::string> seen;
-  for (uint32_t seed = 1; seed <= 300; ++seed) {
+  for (uint32_t seed = 1; seed <= 400; ++seed) {
     const L::Program p = GraphGenerator(seed).generate();
     EXPECT_EQ(L::to_text(L::parse(L::to_text(p))), L::to_text(p));
     for (const L::Stmt& s : p.stmts) {
-      seen.insert(std::to_string(static_cast<int>(s.kind)));
-      if (s.kind == L::Kind::unary) seen.insert(L::unary_name(s.unary));
-      if (s.kind == L::Kind::binary) seen.insert(L::binary_name(s.binary));
-      if (s.kind == L::Kind::scalar) seen.insert(std::string(L::binary_name(s.binary)) + "s");
-      if (s.kind == L::Kind::binary && s.args.size() == 2) {
-        // broadcasting: operands of different shapes
-        seen.insert("binary");
-      }
+      seen.insert("kind " + std::to_string(static_cast<int>(s.kind)));
+      seen.insert(L::keyword(s));
+    }
+    const Reference ref = evaluate(p);
+    for (std::size_t id = 0; id < ref.values.size(); ++id) {
+      if (!ref.valid[id]) continue;
+      seen.insert(dtype_name(ref.values[id].dtype));
+      if (ref.values[id].outcome == Outcome::out_of_range) seen.insert("out_of_range");
     }
   }
-  for (int k = 0; k <= static_cast<int>(L::Kind::drop); ++k) EXPECT_TRUE(seen.count(std::to_string(k))) << "statement kind " << k;
-  for (const char* name : {"neg", "abs", "exp", "log", "sqrt", "tanh", "sigmoid", "relu", "silu", "gelu", "gelu_tanh", "add", "sub",
-                           "mul", "div", "maximum", "minimum", "adds", "subs", "muls", "divs"})
-    EXPECT_TRUE(seen.count(name)) << name;
+  for (int k = 0; k <= static_cast<int>(L::Kind::drop); ++k) EXPECT_TRUE(seen.count("kind " + std::to_string(k))) << "statement kind " << k;
+  for (const kernels::ElementwiseInfo& row : kernels::kElementwiseOps) EXPECT_TRUE(seen.count(row.id)) << row.id;
+  for (const kernels::ReduceInfo& row : kernels::kReduceOps) EXPECT_TRUE(seen.count(row.name)) << row.name;
+  for (std::size_t t = 0; t < detail::kDTypeCount; ++t) EXPECT_TRUE(seen.count(detail::kDTypes[t].name)) << detail::kDTypes[t].name;
+  EXPECT_TRUE(seen.count("out_of_range"));
 }
 
 TEST(PropertyHarness, TheReferenceCheckCatchesWrongResults) {
@@ -173,6 +175,29 @@ TEST(PropertyHarness, TheReferenceCheckCatchesWrongResults) {
     off.pop_back();
     EXPECT_NE(check_bounded(off, want), "") << o.name << ": a short result passed";
   }
+}
+
+TEST(PropertyHarness, TheReferenceChecksEveryDtypeAndTheOutcome) {
+  // f16 values are held to their rounding (a 1% error fails), booleans and integers exactly, and an
+  // index out of range must fail the wait.
+  const L::Program p = L::parse(
+      "x = rand 3 4 5\nh = to x f16\nt = tanh h\nb = gt_scalar x 0.25\na = argmax x 1\ni = ids 4 5 3\ne = index_select x 1 i\n"
+      "j = ids 5 -2 3\nf = index_select x 1 j\n");
+  const Reference ref = evaluate(p);
+  const L::RunResult r = L::run(p);
+  ASSERT_TRUE(r.problems.empty()) << r.problems.front();
+  for (const L::Observation& o : r.observations) {
+    const RefValue& want = ref.values[static_cast<std::size_t>(o.id)];
+    EXPECT_EQ(check_observation(o, want), "") << o.name;
+    L::Observation off = o;
+    if (o.name == "t") off.values[1] *= 1.01f;
+    else if (o.name == "b") off.values[2] = 1.f - off.values[2];
+    else if (o.name == "a") off.exact[3] = (off.exact[3] + 1) % 5;
+    else if (o.name == "f") off.outcome = "ok";
+    else continue;
+    EXPECT_NE(check_observation(off, want), "") << o.name << ": a wrong result passed";
+  }
+  EXPECT_EQ(ref.values[static_cast<std::size_t>(r.observations.back().id)].outcome, Outcome::out_of_range);
 }
 
 TEST(PropertyHarness, AFailingCaseReportsItsSeedProgramAndGraph) {

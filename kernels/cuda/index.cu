@@ -34,11 +34,25 @@ __global__ void index_select_kernel(const T* x, const I* index, std::int64_t out
   }
 }
 
+// Only the check, for an output without elements (outer or inner is 0): indices are validated all
+// the same.
+template <class I>
+__global__ void index_check_kernel(const I* index, std::int64_t extent, std::int64_t count, long long* fault) {
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  for (std::int64_t j = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; j < count; j += stride) {
+    const std::int64_t row = static_cast<std::int64_t>(index[j]);
+    if (row < 0 || row >= extent) atomicMin(fault, static_cast<long long>(j));
+  }
+}
+
+unsigned blocks_for(std::int64_t n) {
+  return static_cast<unsigned>(std::min<std::int64_t>((n + kThreads - 1) / kThreads, 65535));
+}
+
 template <class T>
 void launch(const void* x, const void* index, DType index_dtype, std::int64_t outer, std::int64_t extent,
             std::int64_t count, std::int64_t inner, void* out, long long* fault, cudaStream_t stream) {
-  const std::int64_t total = outer * count * inner;
-  const auto blocks = static_cast<unsigned>(std::min<std::int64_t>((total + kThreads - 1) / kThreads, 65535));
+  const auto blocks = blocks_for(outer * count * inner);
   const T* xs = static_cast<const T*>(x);
   T* os = static_cast<T*>(out);
   if (index_dtype == DType::i32)
@@ -54,10 +68,20 @@ void launch(const void* x, const void* index, DType index_dtype, std::int64_t ou
 void index_select(const void* x, std::size_t element_bytes, const void* index, DType index_dtype, std::int64_t outer,
                   std::int64_t extent, std::int64_t count, std::int64_t inner, void* out, long long* fault,
                   cudaStream_t stream) {
-  if (outer * count * inner <= 0) return;
   if (index_dtype != DType::i32 && index_dtype != DType::i64)
     throw std::invalid_argument(std::string("defer::kernels::cuda::index_select: indices must be i32 or i64, got ") +
                                 dtype_name(index_dtype));
+  if (count <= 0) return;
+  if (outer * inner <= 0) {
+    if (index_dtype == DType::i32)
+      index_check_kernel<<<blocks_for(count), kThreads, 0, stream>>>(static_cast<const std::int32_t*>(index), extent,
+                                                                      count, fault);
+    else
+      index_check_kernel<<<blocks_for(count), kThreads, 0, stream>>>(static_cast<const std::int64_t*>(index), extent,
+                                                                      count, fault);
+    DEFER_CUDA_CHECK(cudaGetLastError());
+    return;
+  }
   switch (element_bytes) {
     case 1: launch<std::uint8_t>(x, index, index_dtype, outer, extent, count, inner, out, fault, stream); break;
     case 2: launch<std::uint16_t>(x, index, index_dtype, outer, extent, count, inner, out, fault, stream); break;

@@ -159,7 +159,9 @@ Tensor launch_op(const OpSpec& spec, const std::vector<Tensor>& inputs, const Te
     return launch_integer(spec, inputs, out_meta, stream);
   }
   Tensor out = allocate_tensor(out_meta.shape, out_meta.dtype, stream, op_name(spec).c_str());
-  if (out.numel() == 0) return out;  // nothing to compute
+  // Nothing to compute; but indices are checked even when the rows they pick are empty.
+  const bool index_op = spec.kind == OpKind::index_select || spec.kind == OpKind::embedding;
+  if (out.numel() == 0 && !(index_op && inputs[1].numel() > 0)) return out;
   const std::optional<std::string> bad_index = launch_kernel(spec, inputs, out, stream);
   count_launch(false);
   if (bad_index) throw std::out_of_range(*bad_index);

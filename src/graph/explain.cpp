@@ -110,6 +110,15 @@ struct Launch {
   bool kernel = true;  // false: a copy between devices (not a kernel launch)
 };
 
+// An index op with at least one index (executor.cpp checks those even for an empty result).
+bool picks_rows(const OpNode& node, const std::vector<detail::TensorMeta>& meta, const detail::NodeIndex& index) {
+  const detail::OpKind kind = node.spec().kind;
+  if (kind != detail::OpKind::index_select && kind != detail::OpKind::embedding) return false;
+  AwaitState<Tensor>* ids = node.inputs()[1];
+  auto planned = index.find(ids);
+  return numel_of(planned != index.end() ? meta[planned->second].shape : ids->value().shape()) > 0;
+}
+
 std::vector<Launch> launches_of(const std::vector<OpNode*>& order) {
   std::vector<Launch> out;
   const detail::NodeIndex index = detail::index_of(order);
@@ -135,7 +144,8 @@ std::vector<Launch> launches_of(const std::vector<OpNode*>& order) {
     l.kernel = order[i]->spec().kind != detail::OpKind::to_device;
     if (meta) {
       const detail::TensorMeta& m = (*meta)[i];
-      if (numel_of(m.shape) == 0) continue;  // an empty result launches nothing
+      // An empty result launches nothing, but indices are checked even when they pick empty rows.
+      if (numel_of(m.shape) == 0 && !picks_rows(*order[i], *meta, index)) continue;
       l.bytes = numel_of(m.shape) * static_cast<std::int64_t>(dtype_size(m.dtype));
       l.text += " -> " + detail::describe(m);
     }

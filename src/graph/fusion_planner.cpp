@@ -374,12 +374,18 @@ FusionPlan plan_and_build(const std::vector<OpNode*>& order) {
 }
 
 void launch_group(FusionGroup& group, StreamImpl& wait_stream, const char* reason) {
+  // A failed input fails the members that read it, directly or not, and no other: the group runs
+  // unfused, each member launching its own kernel or caching its input's error (a DAG's sibling
+  // branches need not share their inputs).
+  for (AwaitState<Tensor>* s : group.inputs)
+    if (s->status() == AwaitStatus::failed) {
+      for (OpNode* member : group.members) member->execute(wait_stream, reason);
+      return;
+    }
   std::vector<Tensor> outputs;
   std::optional<Completion> done;
   std::exception_ptr error;
   try {
-    for (AwaitState<Tensor>* s : group.inputs)  // a failed input fails the group with its own error
-      if (s->status() == AwaitStatus::failed) std::rethrow_exception(s->error());
     StreamImpl& stream = stream_for(group.inputs.front()->value().device(), wait_stream);
     std::vector<const Tensor*> in;
     for (AwaitState<Tensor>* s : group.inputs) {

@@ -1,10 +1,10 @@
 #include "graph_lang.hpp"
 
+#include <algorithm>
 #include <bit>
 #include <charconv>
 #include <cmath>
-#include <cstring>
-#include <functional>
+#include <cstdlib>
 #include <random>
 #include <sstream>
 #include <unordered_map>
@@ -12,8 +12,27 @@
 namespace defer::lang {
 namespace {
 
-constexpr const char* kUnaryNames[] = {"neg", "abs", "exp", "log", "sqrt", "tanh", "sigmoid", "relu", "silu", "gelu", "gelu_tanh"};
-constexpr const char* kBinaryNames[] = {"add", "sub", "mul", "div", "maximum", "minimum"};
+using kernels::ElementwiseOp;
+using kernels::OpResult;
+using kernels::ReduceOp;
+
+// ---- the tables the grammar is spelled from --------------------------------------------------------
+
+std::optional<ElementwiseOp> elementwise_named(std::string_view w) {
+  for (unsigned i = 0; i < kernels::kElementwiseOpCount; ++i)
+    if (w == kernels::kElementwiseOps[i].id) return static_cast<ElementwiseOp>(i);
+  return std::nullopt;
+}
+
+std::optional<ReduceOp> reduce_named(std::string_view w) {
+  for (unsigned i = 0; i < kernels::kReduceOpCount; ++i)
+    if (w == kernels::kReduceOps[i].name) return static_cast<ReduceOp>(i);
+  return std::nullopt;
+}
+
+bool is_cast(ElementwiseOp op) { return kernels::info(op).result == OpResult::cast; }
+
+// ---- parsing ----------------------------------------------------------------------------------------
 
 std::vector<std::string_view> split_words(std::string_view line) {
   std::vector<std::string_view> words;
@@ -36,6 +55,8 @@ bool is_name(std::string_view w) {
     if (!alpha(c) && !(c >= '0' && c <= '9')) return false;
   return true;
 }
+
+using Words = std::vector<std::string_view>;
 
 class Parser {
  public:
@@ -81,6 +102,13 @@ class Parser {
     return v;
   }
 
+  DType dtype(std::string_view w) const {
+    if (const auto t = dtype_named(w)) return *t;
+    std::string known;
+    for (std::size_t i = 0; i < detail::kDTypeCount; ++i) known += std::string(i ? " " : "") + detail::kDTypes[i].name;
+    fail("unknown dtype '" + std::string(w) + "' (dtypes: " + known + ")");
+  }
+
   int use(std::string_view w) const {
     const auto it = ids_.find(std::string(w));
     if (it == ids_.end()) fail("'" + std::string(w) + "' is not defined");
@@ -96,19 +124,22 @@ class Parser {
     return id;
   }
 
-  void expect_words(const std::vector<std::string_view>& w, std::size_t lo, std::size_t hi) const {
+  // w[0] is the op; it takes lo - 1 to hi - 1 operand words.
+  void expect_words(const Words& w, std::size_t lo, std::size_t hi) const {
     if (w.size() < lo || w.size() > hi)
-      fail("'" + std::string(w[0] == "=" ? w[1] : w[0]) + "' takes " + std::to_string(lo - 1) +
+      fail("'" + std::string(w[0]) + "' takes " + std::to_string(lo - 1) +
            (hi > lo ? " to " + std::to_string(hi - 1) : std::string()) + " operand(s), got " + std::to_string(w.size() - 1));
   }
 
-  void statement(const std::vector<std::string_view>& w) {
+  int dim(std::string_view w) const { return static_cast<int>(integer(w, -8, 8, "dim")); }
+
+  void statement(const Words& w) {
     if (static_cast<int>(p_.stmts.size()) >= kMaxStatements) fail("more than " + std::to_string(kMaxStatements) + " statements");
     Stmt s;
     s.line = line_;
     if (w.size() >= 2 && w[1] == "=") {
       if (w.size() < 3) fail("'=' needs an op");
-      op(std::vector<std::string_view>(w.begin() + 2, w.end()), s);
+      op(Words(w.begin() + 2, w.end()), s);
       s.out = define(w[0]);  // after the operands: `x = add x x` uses an undefined x
     } else {
       directive(w, s);
@@ -116,7 +147,7 @@ class Parser {
     p_.stmts.push_back(std::move(s));
   }
 
-  void directive(const std::vector<std::string_view>& w, Stmt& s) {
+  void directive(const Words& w, Stmt& s) {
     const std::string_view d = w[0];
     auto on_off = [&](std::string_view a, std::string_view b) {
       if (w.size() != 2) fail(std::string(d) + " takes one word");
@@ -147,50 +178,68 @@ class Parser {
     }
   }
 
-  void op(const std::vector<std::string_view>& w, Stmt& s) {
+  // Extents from w[first] on, within the leaf limits.
+  void leaf_shape(const Words& w, std::size_t first, Stmt& s) const {
+    int64_t n = 1;
+    for (std::size_t i = first; i < w.size(); ++i) {
+      s.shape.push_back(integer(w[i], 0, kMaxExtent, "extent"));
+      n *= s.shape.back();
+    }
+    if (n > kMaxLeafElements) fail("more than " + std::to_string(kMaxLeafElements) + " elements");
+  }
+
+  bool leaf(const Words& w, Stmt& s) const {
     const std::string_view o = w[0];
-    for (int u = 0; u < static_cast<int>(std::size(kUnaryNames)); ++u)
-      if (o == kUnaryNames[u]) {
-        expect_words(w, 2, 2);
-        s.kind = Kind::unary;
-        s.unary = static_cast<Unary>(u);
-        s.args = {use(w[1])};
-        return;
-      }
-    for (int b = 0; b < static_cast<int>(std::size(kBinaryNames)); ++b) {
-      if (o == kBinaryNames[b]) {
-        expect_words(w, 3, 3);
-        s.kind = Kind::binary;
-        s.binary = static_cast<Binary>(b);
-        s.args = {use(w[1]), use(w[2])};
-        return;
-      }
-      if (b < 4 && o == std::string(kBinaryNames[b]) + "s") {
-        expect_words(w, 3, 3);
-        s.kind = Kind::scalar;
-        s.binary = static_cast<Binary>(b);
-        s.args = {use(w[1])};
-        s.scalar = number(w[2]);
-        return;
-      }
-    }
-    if (o == "rand" || o == "pos") {
+    if (o == "rand" || o == "pos" || o == "mask") {
       expect_words(w, 2, 2 + kMaxRank);
-      s.kind = o == "rand" ? Kind::rand : Kind::pos;
+      s.kind = o == "rand" ? Kind::rand : o == "pos" ? Kind::pos : Kind::mask;
       s.seed = static_cast<uint32_t>(integer(w[1], 0, 0xffffffffLL, "seed"));
-      int64_t n = 1;
-      for (std::size_t i = 2; i < w.size(); ++i) {
-        s.shape.push_back(integer(w[i], 0, kMaxExtent, "extent"));
-        n *= s.shape.back();
-      }
-      if (n > kMaxLeafElements) fail("more than " + std::to_string(kMaxLeafElements) + " elements");
-      return;
+      leaf_shape(w, 2, s);
+      return true;
     }
-    if (o == "sum" || o == "mean" || o == "max") {
+    if (o == "ids") {
+      expect_words(w, 3, 3 + kMaxRank);
+      s.kind = Kind::ids;
+      s.seed = static_cast<uint32_t>(integer(w[1], 0, 0xffffffffLL, "seed"));
+      s.maxval = integer(w[2], -kMaxIdValue, kMaxIdValue, "maxval");
+      if (s.maxval == 0) fail("maxval 0 leaves no values to draw");
+      leaf_shape(w, 3, s);
+      return true;
+    }
+    if (o == "arange") {
+      expect_words(w, 3, 3);
+      s.kind = Kind::arange;
+      s.shape = {integer(w[1], 0, kMaxExtent, "end")};
+      s.dtype = dtype(w[2]);
+      return true;
+    }
+    return false;
+  }
+
+  // A row of the op table: its tensor operands, then its scalars (the cast row: a dtype name).
+  void elementwise(ElementwiseOp op, const Words& w, Stmt& s) const {
+    const kernels::ElementwiseInfo& info = kernels::info(op);
+    const auto tensors = static_cast<std::size_t>(info.tensors);
+    const auto extra = is_cast(op) ? std::size_t{1} : static_cast<std::size_t>(info.scalars);
+    expect_words(w, 1 + tensors + extra, 1 + tensors + extra);
+    s.kind = Kind::elementwise;
+    s.op = op;
+    for (std::size_t i = 0; i < tensors; ++i) s.args.push_back(use(w[1 + i]));
+    if (is_cast(op)) s.dtype = dtype(w[1 + tensors]);
+    else
+      for (std::size_t k = 0; k < extra; ++k) s.scalars[k] = number(w[1 + tensors + k]);
+  }
+
+  void op(const Words& w, Stmt& s) const {
+    const std::string_view o = w[0];
+    if (leaf(w, s)) return;
+    if (const auto e = elementwise_named(o)) return elementwise(*e, w, s);
+    if (const auto r = reduce_named(o)) {
       expect_words(w, 3, 4);
-      s.kind = o == "sum" ? Kind::sum : o == "mean" ? Kind::mean : Kind::max;
+      s.kind = Kind::reduce;
+      s.reduce = *r;
       s.args = {use(w[1])};
-      s.dim = static_cast<int>(integer(w[2], -8, 8, "dim"));
+      s.dim = dim(w[2]);
       if (w.size() == 4) {
         if (w[3] != "keep") fail("expected 'keep', got '" + std::string(w[3]) + "'");
         s.keepdim = true;
@@ -201,19 +250,19 @@ class Parser {
       expect_words(w, 3, 3);
       s.kind = Kind::softmax;
       s.args = {use(w[1])};
-      s.dim = static_cast<int>(integer(w[2], -8, 8, "dim"));
+      s.dim = dim(w[2]);
       return;
     }
     if (o == "layer_norm") {
       expect_words(w, 4, 5);
       s.kind = Kind::layer_norm;
       s.args = {use(w[1]), use(w[2]), use(w[3])};
-      s.scalar = w.size() == 5 ? number(w[4]) : 1e-5f;
+      s.scalars[0] = w.size() == 5 ? number(w[4]) : 1e-5f;
       return;
     }
-    if (o == "matmul") {
+    if (o == "matmul" || o == "embedding") {
       expect_words(w, 3, 3);
-      s.kind = Kind::matmul;
+      s.kind = o == "matmul" ? Kind::matmul : Kind::embedding;
       s.args = {use(w[1]), use(w[2])};
       return;
     }
@@ -221,6 +270,13 @@ class Parser {
       expect_words(w, 2, 2);
       s.kind = Kind::transpose;
       s.args = {use(w[1])};
+      return;
+    }
+    if (o == "index_select") {
+      expect_words(w, 4, 4);
+      s.kind = Kind::index_select;
+      s.args = {use(w[1]), use(w[3])};
+      s.dim = dim(w[2]);
       return;
     }
     fail("unknown op '" + std::string(o) + "'");
@@ -238,6 +294,85 @@ std::string float_text(float v) {
   return std::string(buf, ptr);
 }
 
+// ---- calling the library -----------------------------------------------------------------------------
+
+int64_t shape_numel(const Shape& s) {
+  int64_t n = 1;
+  for (int64_t e : s) n *= e;
+  return n;
+}
+
+// The public function of an op-table row, called with the statement's operands, generated from the
+// table's columns (as src/graph/ops.cpp declares them): a row of a new arity is a build error here,
+// a new row a missing case of the switch (-Werror=switch).
+TensorAwait call_elementwise(const Stmt& st, const std::vector<TensorAwait>& a) {
+#define DEFER_LANG_CALL_1_0(api) defer::api(a[0])
+#define DEFER_LANG_CALL_2_0(api) defer::api(a[0], a[1])
+#define DEFER_LANG_CALL_3_0(api) defer::api(a[0], a[1], a[2])
+#define DEFER_LANG_CALL_1_1(api) defer::api(a[0], st.scalars[0])
+#define DEFER_LANG_CALL_1_2(api) defer::api(a[0], st.scalars[0], st.scalars[1])
+#define DEFER_LANG_CALL_2_1(api) defer::api(a[0], a[1], st.scalars[0])
+#define DEFER_LANG_CALL_same(api, T, S) DEFER_LANG_CALL_##T##_##S(api)
+#define DEFER_LANG_CALL_boolean(api, T, S) DEFER_LANG_CALL_##T##_##S(api)
+#define DEFER_LANG_CALL_cast(api, T, S) defer::api(a[0], st.dtype)
+#define DEFER_LANG_CASE(id, api, tensors, scalars, fn, result, data) \
+  case ElementwiseOp::id: return DEFER_LANG_CALL_##result(api, tensors, scalars);
+  switch (st.op) { DEFER_ELEMENTWISE_OPS(DEFER_LANG_CASE) }
+#undef DEFER_LANG_CASE
+#undef DEFER_LANG_CALL_cast
+#undef DEFER_LANG_CALL_boolean
+#undef DEFER_LANG_CALL_same
+#undef DEFER_LANG_CALL_2_1
+#undef DEFER_LANG_CALL_1_2
+#undef DEFER_LANG_CALL_1_1
+#undef DEFER_LANG_CALL_3_0
+#undef DEFER_LANG_CALL_2_0
+#undef DEFER_LANG_CALL_1_0
+  throw std::logic_error("graph_lang: not an op of the op table");
+}
+
+// The reductions of the reduce table, by name.
+TensorAwait call_reduce(const Stmt& st, const TensorAwait& a) {
+#define DEFER_LANG_CASE(id, name, result) \
+  case ReduceOp::id: return defer::name(a, st.dim, st.keepdim);
+  switch (st.reduce) { DEFER_REDUCE_OPS(DEFER_LANG_CASE) }
+#undef DEFER_LANG_CASE
+  throw std::logic_error("graph_lang: not a reduction of the reduce table");
+}
+
+TensorAwait call_leaf(const Stmt& s, Device device) {
+  const auto n = static_cast<std::size_t>(shape_numel(s.shape));
+  switch (s.kind) {
+    case Kind::rand:
+    case Kind::pos: return from_vector(leaf_values(s.seed, n, s.kind == Kind::pos), s.shape, device);
+    case Kind::ids: return from_host(id_values(s.seed, n, s.maxval), s.shape, device);
+    case Kind::mask: return from_host(mask_values(s.seed, n), s.shape, device);
+    case Kind::arange: return arange(s.shape[0], s.dtype, device);
+    default: break;
+  }
+  throw std::logic_error("graph_lang: not a leaf");
+}
+
+TensorAwait call_op(const Stmt& s, const std::vector<TensorAwait>& a, Device device) {
+  switch (s.kind) {
+    case Kind::rand:
+    case Kind::pos:
+    case Kind::ids:
+    case Kind::mask:
+    case Kind::arange: return call_leaf(s, device);
+    case Kind::elementwise: return call_elementwise(s, a);
+    case Kind::reduce: return call_reduce(s, a[0]);
+    case Kind::softmax: return softmax(a[0], s.dim);
+    case Kind::layer_norm: return layer_norm(a[0], a[1], a[2], s.scalars[0]);
+    case Kind::matmul: return matmul(a[0], a[1]);
+    case Kind::transpose: return transpose(a[0]);
+    case Kind::index_select: return index_select(a[0], s.dim, a[1]);
+    case Kind::embedding: return embedding(a[0], a[1]);
+    default: break;
+  }
+  throw std::logic_error("graph_lang: not an op statement");
+}
+
 const char* outcome_of(const std::exception_ptr& e, std::string& message) {
   try {
     std::rethrow_exception(e);
@@ -253,6 +388,9 @@ const char* outcome_of(const std::exception_ptr& e, std::string& message) {
   } catch (const std::invalid_argument& x) {
     message = x.what();
     return "invalid_argument";
+  } catch (const std::out_of_range& x) {
+    message = x.what();
+    return "out_of_range";
   } catch (const std::logic_error& x) {
     message = x.what();
     return "logic_error";
@@ -265,144 +403,379 @@ const char* outcome_of(const std::exception_ptr& e, std::string& message) {
   }
 }
 
-int64_t shape_numel(const Shape& s) {
-  int64_t n = 1;
-  for (int64_t e : s) n *= e;
+// Errors found when an op runs (not when it is called): a deferred op reports them at the wait.
+bool is_run_time(std::string_view outcome) {
+  return outcome == "out_of_range" || outcome == "Error" || outcome == "DeviceError" || outcome == "OutOfMemory";
+}
+
+// ---- the shape and dtype rules -----------------------------------------------------------------------
+
+std::optional<int> normalize(int dim, std::size_t rank) {
+  const int r = static_cast<int>(rank);
+  if (r == 0 || dim < -r || dim >= r) return std::nullopt;
+  return dim < 0 ? dim + r : dim;
+}
+
+// NumPy broadcasting of any number of shapes.
+std::optional<Shape> broadcast(const std::vector<ValueType>& a) {
+  std::size_t r = 0;
+  for (const ValueType& t : a) r = std::max(r, t.shape.size());
+  Shape out(r, 1);
+  for (const ValueType& t : a)
+    for (std::size_t i = 0; i < r; ++i) {
+      const int64_t e = i < r - t.shape.size() ? 1 : t.shape[i - (r - t.shape.size())];
+      if (e == 1) continue;
+      if (out[i] != 1 && out[i] != e) return std::nullopt;
+      out[i] = e;
+    }
+  return out;
+}
+
+// The dtype of a result by the tables' result column.
+DType result_dtype(OpResult r, DType data, DType cast_to) {
+  switch (r) {
+    case OpResult::same: return data;
+    case OpResult::boolean: return DType::boolean;
+    case OpResult::cast: return cast_to;
+    case OpResult::index: return DType::i64;
+  }
+  return data;
+}
+
+// A condition or mask operand is boolean; the data operands share one dtype, floating where the
+// row says so.
+std::optional<ValueType> infer_elementwise(const Stmt& s, const std::vector<ValueType>& a) {
+  const kernels::ElementwiseInfo& info = kernels::info(s.op);
+  const int condition = kernels::condition_operand(s.op);
+  std::optional<DType> data;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (static_cast<int>(i) == condition) {
+      if (a[i].dtype != DType::boolean) return std::nullopt;
+    } else if (!data) {
+      data = a[i].dtype;
+    } else if (*data != a[i].dtype) {
+      return std::nullopt;
+    }
+  }
+  if (!data || (info.data == kernels::OpData::floating && !is_floating(*data))) return std::nullopt;
+  const auto shape = broadcast(a);
+  if (!shape) return std::nullopt;
+  return ValueType{*shape, result_dtype(info.result, *data, s.dtype)};
+}
+
+// Whether a reduction has no value for an empty dim (sum and mean do: 0 and NaN).
+bool needs_elements(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::sum:
+    case ReduceOp::mean: return false;
+    case ReduceOp::max:
+    case ReduceOp::min:
+    case ReduceOp::argmax: return true;
+  }
+  return true;
+}
+
+std::optional<ValueType> infer_reduce(const Stmt& s, const ValueType& a) {
+  const auto d = normalize(s.dim, a.shape.size());
+  if (!d || !is_floating(a.dtype)) return std::nullopt;
+  const auto k = static_cast<std::size_t>(*d);
+  if (needs_elements(s.reduce) && a.shape[k] == 0) return std::nullopt;
+  Shape out = a.shape;
+  if (s.keepdim) out[k] = 1;
+  else out.erase(out.begin() + *d);
+  return ValueType{out, result_dtype(kernels::kReduceOps[static_cast<unsigned>(s.reduce)].result, a.dtype, a.dtype)};
+}
+
+std::optional<ValueType> infer_matmul(const ValueType& a, const ValueType& b) {
+  const Shape& x = a.shape;
+  const Shape& y = b.shape;
+  if (a.dtype != b.dtype || !is_floating(a.dtype)) return std::nullopt;
+  if (x.size() < 2 || x.size() > 3 || y.size() < 2 || y.size() > 3) return std::nullopt;
+  if (y[y.size() - 2] != x.back()) return std::nullopt;
+  if (x.size() == 3 && y.size() == 3 && x[0] != y[0]) return std::nullopt;
+  Shape out;
+  if (x.size() == 3) out.push_back(x[0]);
+  else if (y.size() == 3) out.push_back(y[0]);
+  out.push_back(x[x.size() - 2]);
+  out.push_back(y.back());
+  return ValueType{out, a.dtype};
+}
+
+std::optional<ValueType> infer_layer_norm(const Stmt& s, const std::vector<ValueType>& a) {
+  const ValueType& x = a[0];
+  if (!is_floating(x.dtype) || a[1].dtype != x.dtype || a[2].dtype != x.dtype) return std::nullopt;
+  if (!(s.scalars[0] >= 0.f)) return std::nullopt;  // a negative or NaN eps
+  if (x.shape.empty() || a[1].shape != Shape{x.shape.back()} || a[2].shape != Shape{x.shape.back()}) return std::nullopt;
+  return x;
+}
+
+std::optional<ValueType> infer_index_select(const Stmt& s, const ValueType& a, const ValueType& index) {
+  const auto d = normalize(s.dim, a.shape.size());
+  if (!d || !is_integer(index.dtype) || index.shape.size() != 1) return std::nullopt;
+  Shape out = a.shape;
+  out[static_cast<std::size_t>(*d)] = index.shape[0];
+  return ValueType{out, a.dtype};
+}
+
+std::optional<ValueType> infer_embedding(const ValueType& weight, const ValueType& ids) {
+  if (weight.shape.size() != 2 || !is_integer(ids.dtype)) return std::nullopt;
+  Shape out = ids.shape;
+  out.push_back(weight.shape[1]);
+  return ValueType{out, weight.dtype};
+}
+
+int64_t op_cost(const Stmt& s, const std::vector<ValueType>& a, const ValueType& out) {
+  const int64_t n = shape_numel(out.shape);
+  if (s.kind == Kind::matmul) return n * std::max<int64_t>(a[0].shape.back(), 1);
+  if (s.kind == Kind::reduce) return shape_numel(a[0].shape);
   return n;
 }
 
-TensorAwait call_op(const Stmt& s, const std::vector<TensorAwait>& a, Device device) {
-  switch (s.kind) {
-    case Kind::rand:
-    case Kind::pos:
-      return from_vector(leaf_values(s.seed, static_cast<std::size_t>(shape_numel(s.shape)), s.kind == Kind::pos), s.shape, device);
-    case Kind::unary:
-      switch (s.unary) {
-        case Unary::neg: return neg(a[0]);
-        case Unary::abs: return defer::abs(a[0]);
-        case Unary::exp: return defer::exp(a[0]);
-        case Unary::log: return defer::log(a[0]);
-        case Unary::sqrt: return defer::sqrt(a[0]);
-        case Unary::tanh: return defer::tanh(a[0]);
-        case Unary::sigmoid: return sigmoid(a[0]);
-        case Unary::relu: return relu(a[0]);
-        case Unary::silu: return silu(a[0]);
-        case Unary::gelu: return gelu(a[0]);
-        case Unary::gelu_tanh: return gelu_tanh(a[0]);
-      }
-      break;
-    case Kind::binary:
-      switch (s.binary) {
-        case Binary::add: return add(a[0], a[1]);
-        case Binary::sub: return sub(a[0], a[1]);
-        case Binary::mul: return mul(a[0], a[1]);
-        case Binary::div: return div(a[0], a[1]);
-        case Binary::maximum: return maximum(a[0], a[1]);
-        case Binary::minimum: return minimum(a[0], a[1]);
-      }
-      break;
-    case Kind::scalar:
-      switch (s.binary) {
-        case Binary::add: return add(a[0], s.scalar);
-        case Binary::sub: return sub(a[0], s.scalar);
-        case Binary::mul: return mul(a[0], s.scalar);
-        default: return div(a[0], s.scalar);
-      }
-    case Kind::sum: return sum(a[0], s.dim, s.keepdim);
-    case Kind::mean: return mean(a[0], s.dim, s.keepdim);
-    case Kind::max: return defer::max(a[0], s.dim, s.keepdim);
-    case Kind::softmax: return softmax(a[0], s.dim);
-    case Kind::layer_norm: return layer_norm(a[0], a[1], a[2], s.scalar);
-    case Kind::matmul: return matmul(a[0], a[1]);
-    case Kind::transpose: return transpose(a[0]);
-    default: break;
+// ---- running -------------------------------------------------------------------------------------
+
+// A value while the program runs: its Await, or the run-time error of the eager call that was to
+// make it (see run() in graph_lang.hpp).
+struct Slot {
+  std::optional<TensorAwait> await;
+  std::exception_ptr failed;
+  ValueType type;
+  bool defined() const { return await.has_value() || failed != nullptr; }
+};
+
+std::vector<int64_t> exact_integers(const Tensor& t) {
+  if (t.dtype() == DType::i64) return to_host<int64_t>(t);
+  const auto v = to_host<int32_t>(t);
+  return std::vector<int64_t>(v.begin(), v.end());
+}
+
+class Runner {
+ public:
+  Runner(const Program& p, const RunOptions& o) : p_(p), o_(o), slots_(p.names.size()), eager_(o.all_eager) {
+    streams_.push_back(default_stream(o.device));
+    for (int i = 1; i < kStreams; ++i) streams_.push_back(Stream::create(o.device));
   }
-  throw std::logic_error("graph_lang: not an op statement");
+
+  RunResult run() {
+    for (std::size_t i = 0; i < p_.stmts.size(); ++i) {
+      StreamGuard on(stream());
+      statement(p_.stmts[i], static_cast<int>(i));
+    }
+    leftovers();
+    for (Stream& s : streams_) s.synchronize();
+    return std::move(result_);
+  }
+
+ private:
+  Stream& stream() { return streams_[static_cast<std::size_t>(o_.single_stream ? 0 : current_)]; }
+  Slot& slot(int id) { return slots_[static_cast<std::size_t>(id)]; }
+  const std::string& name(int id) const { return p_.names[static_cast<std::size_t>(id)]; }
+
+  void statement(const Stmt& s, int stmt) {
+    switch (s.kind) {
+      case Kind::mode:
+        if (!o_.all_eager) eager_ = s.flag;
+        return;
+      case Kind::stream: current_ = s.stream; return;
+      case Kind::fusion:
+        if (o_.apply_switches) set_fusion_enabled(s.flag);
+        return;
+      case Kind::graphs:
+        if (o_.apply_switches) set_graphs_enabled(s.flag);
+        return;
+      case Kind::drop: slot(s.args[0]) = Slot{}; return;
+      case Kind::wait:
+        if (!o_.skip_waits && slot(s.args[0]).defined()) observe(stmt, s.args[0]);
+        return;
+      case Kind::wait_all:
+        if (!o_.skip_waits) wait_together(s, stmt);
+        return;
+      default: call(s, stmt); return;
+    }
+  }
+
+  void wait_together(const Stmt& s, int stmt) {
+    std::vector<TensorAwait> list;
+    for (int a : s.args)
+      if (slot(a).await) list.push_back(*slot(a).await);
+    if (!list.empty()) {
+      try {
+        wait_all(list, stream());
+      } catch (...) {
+        // each error stays cached in its own Await; the observations below read them one by one
+      }
+    }
+    for (int a : s.args)
+      if (slot(a).defined()) observe(stmt, a);
+  }
+
+  void observe(int stmt, int id) {
+    Observation o;
+    o.stmt = stmt;
+    o.id = id;
+    o.name = name(id);
+    const Slot& v = slot(id);
+    try {
+      if (v.failed) std::rethrow_exception(v.failed);
+      const Tensor t = wait(*v.await);
+      o.shape = t.shape();
+      o.dtype = t.dtype();
+      o.values = to_vector(t);
+      if (is_integer(t.dtype())) o.exact = exact_integers(t);
+      o.outcome = "ok";
+      if (ValueType{o.shape, o.dtype} != v.type)
+        problem("'" + o.name + "' is " + shape_str(o.shape) + " " + dtype_name(o.dtype) + ", the shape rules say " +
+                shape_str(v.type.shape) + " " + dtype_name(v.type.dtype));
+    } catch (...) {
+      o.outcome = outcome_of(std::current_exception(), o.message);
+    }
+    result_.observations.push_back(std::move(o));
+  }
+
+  void failure(int stmt, int id, const std::string& outcome, const std::string& message) {
+    Observation o;
+    o.stmt = stmt;
+    o.id = id;
+    o.name = name(id);
+    o.outcome = outcome;
+    o.message = message;
+    result_.observations.push_back(std::move(o));
+  }
+
+  void problem(const std::string& what) { result_.problems.push_back(what); }
+
+  // An op call. Operands that are undefined (their call failed, or dropped) skip it.
+  void call(const Stmt& s, int stmt) {
+    std::vector<ValueType> types;
+    std::exception_ptr operand_error;
+    for (int a : s.args) {
+      if (!slot(a).defined()) return;
+      types.push_back(slot(a).type);
+      if (!operand_error) operand_error = slot(a).failed;
+    }
+    const std::optional<ValueType> expected = infer_type(s, types);
+    if (expected && (shape_numel(expected->shape) > kMaxResultElements || op_cost(s, types, *expected) > kMaxOpCost))
+      return;  // too slow to run: skipped
+    if (operand_error) return inherit(s, stmt, expected, operand_error);
+    try {
+      ModeGuard mode(eager_ ? Mode::eager : Mode::deferred);
+      TensorAwait value = call_op(s, argument_awaits(s), o_.device);
+      if (!expected) return problem("statement " + std::to_string(stmt) + " ('" + name(s.out) + "'): the op accepted operands the shape rules reject");
+      slot(s.out) = Slot{std::move(value), nullptr, *expected};
+    } catch (...) {
+      rejected(s, stmt, expected, std::current_exception());
+    }
+  }
+
+  std::vector<TensorAwait> argument_awaits(const Stmt& s) {
+    std::vector<TensorAwait> args;
+    for (int a : s.args) args.push_back(*slot(a).await);
+    return args;
+  }
+
+  // An operand failed when it ran (an eager call that threw). A deferred call with the Await of
+  // that operand would be checked (and maybe rejected) and then fail the same way when it runs: so
+  // the rules decide the call, and an accepted one holds the operand's error.
+  void inherit(const Stmt& s, int stmt, const std::optional<ValueType>& expected, const std::exception_ptr& error) {
+    if (!expected) return failure(stmt, s.out, "invalid_argument", "not called (an operand failed): the shape rules reject the operands");
+    slot(s.out) = Slot{std::nullopt, error, *expected};
+  }
+
+  // The call threw: at call time (the rules should have said so), or an eager op that ran and failed.
+  void rejected(const Stmt& s, int stmt, const std::optional<ValueType>& expected, const std::exception_ptr& error) {
+    std::string message;
+    const std::string outcome = outcome_of(error, message);
+    if (expected && is_run_time(outcome)) {
+      slot(s.out) = Slot{std::nullopt, error, *expected};
+      return;
+    }
+    if (expected)
+      problem("statement " + std::to_string(stmt) + " ('" + name(s.out) + "'): the op rejected operands the shape rules accept: " +
+              outcome + ": " + message);
+    else if (is_run_time(outcome))
+      problem("statement " + std::to_string(stmt) + " ('" + name(s.out) + "'): the op accepted operands the shape rules reject (then failed: " +
+              message + ")");
+    failure(stmt, s.out, outcome, message);
+  }
+
+  void leftovers() {
+    for (std::size_t id = 0; id < slots_.size(); ++id) {
+      if (!slots_[id].defined()) continue;
+      if (slots_[id].await) result_.held.emplace(static_cast<int>(id), *slots_[id].await);
+      if (o_.wait_leftovers) observe(static_cast<int>(p_.stmts.size()), static_cast<int>(id));
+    }
+  }
+
+  const Program& p_;
+  const RunOptions& o_;
+  std::vector<Slot> slots_;
+  std::vector<Stream> streams_;
+  int current_ = 0;
+  bool eager_ = false;
+  RunResult result_;
+};
+
+std::string compare_values(const Observation& x, const Observation& y) {
+  std::ostringstream out;
+  if (x.exact != y.exact) {
+    for (std::size_t k = 0; k < std::min(x.exact.size(), y.exact.size()); ++k)
+      if (x.exact[k] != y.exact[k]) {
+        out << "element " << k << ": " << x.exact[k] << " vs " << y.exact[k];
+        return out.str();
+      }
+    return "integer counts differ";
+  }
+  if (x.values.size() != y.values.size()) return "value counts differ";
+  for (std::size_t k = 0; k < x.values.size(); ++k) {
+    const float u = x.values[k], v = y.values[k];
+    if (std::isnan(u) && std::isnan(v)) continue;
+    if (std::bit_cast<uint32_t>(u) != std::bit_cast<uint32_t>(v) && !(u == 0.f && v == 0.f)) {
+      out << "element " << k << ": " << u << " vs " << v;
+      return out.str();
+    }
+  }
+  return "";
 }
 
 }  // namespace
 
-std::optional<Shape> infer_shape(const Stmt& s, const std::vector<Shape>& a) {
-  const auto norm = [](int dim, std::size_t rank) -> std::optional<int> {
-    const int r = static_cast<int>(rank);
-    if (r == 0 || dim < -r || dim >= r) return std::nullopt;
-    return dim < 0 ? dim + r : dim;
-  };
+std::optional<DType> dtype_named(std::string_view name) {
+  for (std::size_t i = 0; i < detail::kDTypeCount; ++i)
+    if (name == detail::kDTypes[i].name) return static_cast<DType>(i);
+  return std::nullopt;
+}
+
+std::optional<ValueType> infer_type(const Stmt& s, const std::vector<ValueType>& a) {
   switch (s.kind) {
     case Kind::rand:
-    case Kind::pos: return s.shape;
-    case Kind::unary:
-    case Kind::scalar: return a[0];
-    case Kind::binary: {
-      const Shape& x = a[0];
-      const Shape& y = a[1];
-      const std::size_t r = std::max(x.size(), y.size());
-      Shape out(r);
-      for (std::size_t i = 0; i < r; ++i) {
-        const int64_t p = i < r - x.size() ? 1 : x[i - (r - x.size())];
-        const int64_t q = i < r - y.size() ? 1 : y[i - (r - y.size())];
-        if (p != q && p != 1 && q != 1) return std::nullopt;
-        out[i] = p == 1 ? q : p;
-      }
-      return out;
-    }
-    case Kind::sum:
-    case Kind::mean:
-    case Kind::max: {
-      const auto d = norm(s.dim, a[0].size());
-      if (!d) return std::nullopt;
-      const auto k = static_cast<std::size_t>(*d);
-      if (s.kind == Kind::max && a[0][k] == 0) return std::nullopt;
-      Shape out = a[0];
-      if (s.keepdim) out[k] = 1;
-      else out.erase(out.begin() + *d);
-      return out;
-    }
+    case Kind::pos: return ValueType{s.shape, DType::f32};
+    case Kind::ids: return ValueType{s.shape, DType::i64};
+    case Kind::mask: return ValueType{s.shape, DType::boolean};
+    case Kind::arange: return ValueType{s.shape, s.dtype};
+    case Kind::elementwise: return infer_elementwise(s, a);
+    case Kind::reduce: return infer_reduce(s, a[0]);
     case Kind::softmax:
-      if (!norm(s.dim, a[0].size())) return std::nullopt;
+      if (!normalize(s.dim, a[0].shape.size()) || !is_floating(a[0].dtype)) return std::nullopt;
       return a[0];
-    case Kind::layer_norm:
-      if (a[0].empty() || a[1] != Shape{a[0].back()} || a[2] != Shape{a[0].back()}) return std::nullopt;
-      return a[0];
-    case Kind::matmul: {
-      const Shape& x = a[0];
-      const Shape& y = a[1];
-      if (x.size() < 2 || x.size() > 3 || y.size() < 2 || y.size() > 3) return std::nullopt;
-      if (y[y.size() - 2] != x.back()) return std::nullopt;
-      if (x.size() == 3 && y.size() == 3 && x[0] != y[0]) return std::nullopt;
-      Shape out;
-      if (x.size() == 3) out.push_back(x[0]);
-      else if (y.size() == 3) out.push_back(y[0]);
-      out.push_back(x[x.size() - 2]);
-      out.push_back(y.back());
-      return out;
-    }
+    case Kind::layer_norm: return infer_layer_norm(s, a);
+    case Kind::matmul: return infer_matmul(a[0], a[1]);
     case Kind::transpose: {
-      if (a[0].size() < 2) return std::nullopt;
-      Shape out = a[0];
-      std::swap(out[out.size() - 1], out[out.size() - 2]);
+      if (a[0].shape.size() < 2) return std::nullopt;
+      ValueType out = a[0];
+      std::swap(out.shape[out.shape.size() - 1], out.shape[out.shape.size() - 2]);
       return out;
     }
-    default: return std::nullopt;
+    case Kind::index_select: return infer_index_select(s, a[0], a[1]);
+    case Kind::embedding: return infer_embedding(a[0], a[1]);
+    case Kind::mode:
+    case Kind::stream:
+    case Kind::fusion:
+    case Kind::graphs:
+    case Kind::wait:
+    case Kind::wait_all:
+    case Kind::drop: return std::nullopt;
   }
+  return std::nullopt;
 }
-
-int64_t op_cost(const Stmt& s, const std::vector<Shape>& a, const Shape& out) {
-  int64_t n = 1;
-  for (int64_t e : out) n *= e;
-  if (s.kind == Kind::matmul) n *= std::max<int64_t>(a[0].back(), 1);
-  else if (s.kind == Kind::sum || s.kind == Kind::mean || s.kind == Kind::max) {
-    n = 1;
-    for (int64_t e : a[0]) n *= e;
-  }
-  return n;
-}
-
-namespace {
-}  // namespace
-
-const char* unary_name(Unary u) noexcept { return kUnaryNames[static_cast<int>(u)]; }
-const char* binary_name(Binary b) noexcept { return kBinaryNames[static_cast<int>(b)]; }
 
 Program parse(std::string_view text) { return Parser().parse(text); }
 
@@ -417,42 +790,87 @@ std::vector<float> leaf_values(uint32_t seed, std::size_t count, bool positive) 
   return v;
 }
 
+std::vector<int64_t> id_values(uint32_t seed, std::size_t count, int64_t maxval) {
+  std::mt19937_64 gen(seed);
+  std::uniform_int_distribution<int64_t> dist(maxval > 0 ? 0 : maxval, maxval > 0 ? maxval - 1 : -1);
+  std::vector<int64_t> v(count);
+  for (auto& x : v) x = dist(gen);
+  return v;
+}
+
+std::vector<uint8_t> mask_values(uint32_t seed, std::size_t count) {
+  std::mt19937 gen(seed);
+  std::vector<uint8_t> v(count);
+  for (auto& x : v) x = static_cast<uint8_t>(gen() & 1u);
+  return v;
+}
+
+std::string keyword(const Stmt& s) {
+  switch (s.kind) {
+    case Kind::rand: return "rand";
+    case Kind::pos: return "pos";
+    case Kind::ids: return "ids";
+    case Kind::mask: return "mask";
+    case Kind::arange: return "arange";
+    case Kind::elementwise: return kernels::info(s.op).id;
+    case Kind::reduce: return kernels::name(s.reduce);
+    case Kind::softmax: return "softmax";
+    case Kind::layer_norm: return "layer_norm";
+    case Kind::matmul: return "matmul";
+    case Kind::transpose: return "transpose";
+    case Kind::index_select: return "index_select";
+    case Kind::embedding: return "embedding";
+    case Kind::mode: return "mode";
+    case Kind::stream: return "stream";
+    case Kind::fusion: return "fusion";
+    case Kind::graphs: return "graphs";
+    case Kind::wait: return "wait";
+    case Kind::wait_all: return "wait_all";
+    case Kind::drop: return "drop";
+  }
+  return "?";
+}
+
 std::string to_text(const Program& p) {
   std::ostringstream out;
   const auto name = [&](int id) -> const std::string& { return p.names[static_cast<std::size_t>(id)]; };
   for (const Stmt& s : p.stmts) {
     if (s.out >= 0) out << name(s.out) << " = ";
+    out << keyword(s);
     switch (s.kind) {
       case Kind::rand:
       case Kind::pos:
-        out << (s.kind == Kind::rand ? "rand " : "pos ") << s.seed;
+      case Kind::mask:
+      case Kind::ids:
+        out << ' ' << s.seed;
+        if (s.kind == Kind::ids) out << ' ' << s.maxval;
         for (int64_t e : s.shape) out << ' ' << e;
         break;
-      case Kind::unary: out << unary_name(s.unary) << ' ' << name(s.args[0]); break;
-      case Kind::binary: out << binary_name(s.binary) << ' ' << name(s.args[0]) << ' ' << name(s.args[1]); break;
-      case Kind::scalar: out << binary_name(s.binary) << "s " << name(s.args[0]) << ' ' << float_text(s.scalar); break;
-      case Kind::sum:
-      case Kind::mean:
-      case Kind::max:
-        out << (s.kind == Kind::sum ? "sum " : s.kind == Kind::mean ? "mean " : "max ") << name(s.args[0]) << ' ' << s.dim
-            << (s.keepdim ? " keep" : "");
+      case Kind::arange: out << ' ' << s.shape[0] << ' ' << dtype_name(s.dtype); break;
+      case Kind::elementwise:
+        for (int a : s.args) out << ' ' << name(a);
+        if (is_cast(s.op)) out << ' ' << dtype_name(s.dtype);
+        else
+          for (int k = 0; k < kernels::info(s.op).scalars; ++k) out << ' ' << float_text(s.scalars[static_cast<std::size_t>(k)]);
         break;
-      case Kind::softmax: out << "softmax " << name(s.args[0]) << ' ' << s.dim; break;
+      case Kind::reduce: out << ' ' << name(s.args[0]) << ' ' << s.dim << (s.keepdim ? " keep" : ""); break;
+      case Kind::softmax: out << ' ' << name(s.args[0]) << ' ' << s.dim; break;
       case Kind::layer_norm:
-        out << "layer_norm " << name(s.args[0]) << ' ' << name(s.args[1]) << ' ' << name(s.args[2]) << ' ' << float_text(s.scalar);
+        out << ' ' << name(s.args[0]) << ' ' << name(s.args[1]) << ' ' << name(s.args[2]) << ' ' << float_text(s.scalars[0]);
         break;
-      case Kind::matmul: out << "matmul " << name(s.args[0]) << ' ' << name(s.args[1]); break;
-      case Kind::transpose: out << "transpose " << name(s.args[0]); break;
-      case Kind::mode: out << "mode " << (s.flag ? "eager" : "deferred"); break;
-      case Kind::stream: out << "stream " << s.stream; break;
-      case Kind::fusion: out << "fusion " << (s.flag ? "on" : "off"); break;
-      case Kind::graphs: out << "graphs " << (s.flag ? "on" : "off"); break;
+      case Kind::index_select: out << ' ' << name(s.args[0]) << ' ' << s.dim << ' ' << name(s.args[1]); break;
+      case Kind::matmul:
+      case Kind::transpose:
+      case Kind::embedding:
       case Kind::wait:
       case Kind::wait_all:
       case Kind::drop:
-        out << (s.kind == Kind::wait ? "wait" : s.kind == Kind::drop ? "drop" : "wait_all");
         for (int a : s.args) out << ' ' << name(a);
         break;
+      case Kind::mode: out << ' ' << (s.flag ? "eager" : "deferred"); break;
+      case Kind::stream: out << ' ' << s.stream; break;
+      case Kind::fusion:
+      case Kind::graphs: out << ' ' << (s.flag ? "on" : "off"); break;
     }
     out << '\n';
   }
@@ -467,121 +885,10 @@ RunResult run(const Program& p, const RunOptions& options) {
       set_graphs_enabled(graphs);
     }
   } restore;
-  RunResult result;
-  std::vector<std::optional<TensorAwait>> values(p.names.size());
-  std::vector<Shape> shapes(p.names.size());
-  std::vector<Stream> streams{default_stream(options.device)};
-  for (int i = 1; i < kStreams; ++i) streams.push_back(Stream::create(options.device));
-  int current = 0;
-  bool eager = options.all_eager;
-  auto observe = [&](int stmt, int id, const std::function<Tensor()>& get) {
-    Observation o;
-    o.stmt = stmt;
-    o.id = id;
-    o.name = p.names[static_cast<std::size_t>(id)];
-    try {
-      const Tensor t = get();
-      o.shape = t.shape();
-      o.values = to_vector(t);
-      o.outcome = "ok";
-      if (o.shape != shapes[static_cast<std::size_t>(id)])
-        result.problems.push_back("'" + o.name + "' has shape " + shape_str(o.shape) + ", the shape rules say " +
-                                  shape_str(shapes[static_cast<std::size_t>(id)]));
-    } catch (...) {
-      o.outcome = outcome_of(std::current_exception(), o.message);
-    }
-    result.observations.push_back(std::move(o));
-  };
-  for (std::size_t i = 0; i < p.stmts.size(); ++i) {
-    const Stmt& s = p.stmts[i];
-    const int stmt = static_cast<int>(i);
-    StreamGuard on(streams[static_cast<std::size_t>(options.single_stream ? 0 : current)]);
-    switch (s.kind) {
-      case Kind::mode:
-        if (!options.all_eager) eager = s.flag;
-        continue;
-      case Kind::stream: current = s.stream; continue;
-      case Kind::fusion:
-        if (options.apply_switches) set_fusion_enabled(s.flag);
-        continue;
-      case Kind::graphs:
-        if (options.apply_switches) set_graphs_enabled(s.flag);
-        continue;
-      case Kind::drop: values[static_cast<std::size_t>(s.args[0])].reset(); continue;
-      case Kind::wait: {
-        if (options.skip_waits) continue;
-        const auto& v = values[static_cast<std::size_t>(s.args[0])];
-        if (!v) continue;  // undefined (its op call failed) or dropped
-        observe(stmt, s.args[0], [&] { return wait(*v); });
-        continue;
-      }
-      case Kind::wait_all: {
-        if (options.skip_waits) continue;
-        std::vector<TensorAwait> list;
-        std::vector<int> ids;
-        for (int a : s.args)
-          if (const auto& v = values[static_cast<std::size_t>(a)]) {
-            list.push_back(*v);
-            ids.push_back(a);
-          }
-        if (list.empty()) continue;
-        try {
-          wait_all(list, streams[static_cast<std::size_t>(options.single_stream ? 0 : current)]);
-        } catch (...) {
-          // each error stays cached in its own Await; the observations below read them one by one
-        }
-        for (std::size_t k = 0; k < list.size(); ++k) observe(stmt, ids[k], [&] { return wait(list[k]); });
-        continue;
-      }
-      default: break;
-    }
-    // An op call.
-    std::vector<TensorAwait> args;
-    bool missing = false;
-    for (int a : s.args) {
-      const auto& v = values[static_cast<std::size_t>(a)];
-      if (!v) missing = true;
-      else args.push_back(*v);
-    }
-    if (missing) continue;
-    std::vector<Shape> arg_shapes;
-    for (int a : s.args) arg_shapes.push_back(shapes[static_cast<std::size_t>(a)]);
-    const std::optional<Shape> expected = infer_shape(s, arg_shapes);
-    if (expected) {
-      int64_t n = 1;
-      for (int64_t e : *expected) n *= e;
-      if (n > kMaxResultElements || op_cost(s, arg_shapes, *expected) > kMaxOpCost) continue;  // too slow to run: skipped
-    }
-    try {
-      ModeGuard mode(eager ? Mode::eager : Mode::deferred);
-      values[static_cast<std::size_t>(s.out)] = call_op(s, args, options.device);
-      if (!expected) {
-        result.problems.push_back("statement " + std::to_string(stmt) + " ('" + p.names[static_cast<std::size_t>(s.out)] +
-                                  "'): the op accepted operands the shape rules reject");
-        values[static_cast<std::size_t>(s.out)].reset();
-      } else {
-        shapes[static_cast<std::size_t>(s.out)] = *expected;
-      }
-    } catch (...) {
-      Observation o;
-      o.stmt = stmt;
-      o.id = s.out;
-      o.name = p.names[static_cast<std::size_t>(s.out)];
-      o.outcome = outcome_of(std::current_exception(), o.message);
-      result.observations.push_back(std::move(o));
-    }
-  }
-  for (std::size_t id = 0; id < values.size(); ++id) {
-    if (!values[id]) continue;
-    result.held.emplace(static_cast<int>(id), *values[id]);
-    if (options.wait_leftovers) observe(static_cast<int>(p.stmts.size()), static_cast<int>(id), [&] { return wait(*values[id]); });
-  }
-  for (Stream& s : streams) s.synchronize();
-  return result;
+  return Runner(p, options).run();
 }
 
 std::string compare(const RunResult& a, const RunResult& b) {
-  std::ostringstream out;
   const std::size_t n = std::min(a.observations.size(), b.observations.size());
   for (std::size_t i = 0; i < n; ++i) {
     const Observation& x = a.observations[i];
@@ -590,15 +897,8 @@ std::string compare(const RunResult& a, const RunResult& b) {
     if (x.stmt != y.stmt || x.name != y.name) return where + "different statements: " + std::to_string(y.stmt) + " '" + y.name + "'";
     if (x.outcome != y.outcome) return where + x.outcome + " (" + x.message + ") vs " + y.outcome + " (" + y.message + ")";
     if (x.shape != y.shape) return where + "shape " + shape_str(x.shape) + " vs " + shape_str(y.shape);
-    if (x.values.size() != y.values.size()) return where + "value counts differ";
-    for (std::size_t k = 0; k < x.values.size(); ++k) {
-      const float u = x.values[k], v = y.values[k];
-      if (std::isnan(u) && std::isnan(v)) continue;
-      if (std::bit_cast<uint32_t>(u) != std::bit_cast<uint32_t>(v) && !(u == 0.f && v == 0.f)) {
-        out << where << "element " << k << ": " << u << " vs " << v;
-        return out.str();
-      }
-    }
+    if (x.dtype != y.dtype) return where + "dtype " + dtype_name(x.dtype) + " vs " + dtype_name(y.dtype);
+    if (const std::string d = compare_values(x, y); !d.empty()) return where + d;
   }
   if (a.observations.size() != b.observations.size())
     return "observation counts differ: " + std::to_string(a.observations.size()) + " vs " + std::to_string(b.observations.size());

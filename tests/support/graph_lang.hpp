@@ -1,16 +1,27 @@
 #pragma once
 // A tiny line-based language for op graphs, shared by the libFuzzer target (fuzz/fuzz_graph.cpp), the
-// random-graph property tests (tests/test_property.cpp) and its own unit test (tests/test_graph_lang.cpp).
+// random-graph property tests (tests/test_property.cpp, tests/support/random_graph.hpp) and its own
+// unit test (tests/test_graph_lang.cpp).
 //
 //   # a comment; blank lines are ignored; one statement per line
 //   x = rand 7 3 4          # f32 [3, 4], values from seed 7 in [-2, 2], never 0 (rank 0..4: `rand 7` is [])
 //   p = pos 8 4             # f32 [4], values from seed 8 in [0.25, 2]
-//   y = add x p             # binary: add sub mul div maximum minimum (NumPy broadcasting)
-//   z = muls y -1.5         # scalar: adds subs muls divs (the scalar on the right)
-//   u = gelu z              # unary: neg abs exp log sqrt tanh sigmoid relu silu gelu gelu_tanh
-//   s = sum u -1 keep       # reductions: sum mean max DIM [keep]; softmax DIM (no keep)
+//   i = ids 9 5 2 3         # i64 [2, 3], values from seed 9 in [0, 5); `ids 9 -5 2 3`: in [-5, 0), all
+//                           #   out of range as indices (index ops then fail at run time: out_of_range)
+//   m = mask 10 3 4         # boolean [3, 4], each element true or false from seed 10
+//   r = arange 6 i32        # [6]: 0 .. 5 as the named dtype (f32 i32 f16 bf16 i64 boolean)
+//   y = add x p             # element-wise: every row of the op table (kernels/op_table.hpp) by its id,
+//   z = add_scalar y -1.5   #   tensor operands first, then its scalars (NumPy broadcasting)
+//   c = clamp z -1 1
+//   b = gt_scalar x 0.5     # comparisons give boolean
+//   w = where b x y         # where COND A B; masked_fill A MASK VALUE
+//   t = to x f16            # the cast row `to` takes a dtype name instead of scalars
+//   s = sum x -1 keep       # reductions, by the reduce table's names: sum mean max min argmax DIM [keep]
+//   q = softmax x 0         # softmax DIM (no keep)
 //   n = layer_norm x g b 1e-5   # eps optional
-//   m = matmul x w          # and: t = transpose x
+//   k = matmul x v          # and: transpose x
+//   e = index_select x 1 r  # index_select A DIM INDEX (1-D i32/i64)
+//   f = embedding x i       # embedding WEIGHT IDS: WEIGHT [V, D], IDS i32/i64 of any shape
 //   mode eager              # mode eager|deferred: the mode of the ops that follow
 //   stream 2                # stream 0..3: the current stream (0: the default one) for ops and waits
 //   fusion off              # fusion on|off, graphs on|off: the process-wide switches from here on
@@ -20,9 +31,12 @@
 //
 // Names are [A-Za-z_][A-Za-z0-9_]* (at most 32 characters); a name is defined once, before its use.
 // Limits keep every program small and fast: at most kMaxStatements statements, rank <= 4, extents
-// <= 64, rand/pos at most 4096 elements. A text that breaks a rule throws ParseError naming the line.
-// Shape errors are not parse errors: the ops reject them at call time, which is part of what runs.
+// <= 64, leaves of at most 4096 elements. A text that breaks a rule throws ParseError naming the line.
+// Shape and dtype errors are not parse errors: the ops reject them at call time, which is part of
+// what runs (infer_type predicts which calls are rejected).
+#include <array>
 #include <cstdint>
+#include <exception>
 #include <map>
 #include <optional>
 #include <stdexcept>
@@ -32,14 +46,17 @@
 
 #include <defer/defer.hpp>
 
+#include "op_table.hpp"
+
 namespace defer::lang {
 
 inline constexpr int kMaxStatements = 256;
 inline constexpr int kMaxRank = 4;
 inline constexpr int64_t kMaxExtent = 64;
 inline constexpr int64_t kMaxLeafElements = 4096;
-inline constexpr int64_t kMaxResultElements = 1 << 16;  // an op call whose result is larger is skipped
-inline constexpr int64_t kMaxOpCost = 1 << 20;          // ... or whose work (matmul: m*n*k) is larger
+inline constexpr int64_t kMaxIdValue = int64_t{1} << 40;  // |MAXVAL| of `ids`: beyond int32 on purpose
+inline constexpr int64_t kMaxResultElements = 1 << 16;    // an op call whose result is larger is skipped
+inline constexpr int64_t kMaxOpCost = 1 << 20;            // ... or whose work (matmul: m*n*k) is larger
 inline constexpr int kStreams = 4;
 
 class ParseError : public std::runtime_error {
@@ -53,29 +70,28 @@ class ParseError : public std::runtime_error {
 };
 
 enum class Kind {
-  rand, pos,                                   // leaves
-  unary, binary, scalar,                       // element-wise
-  sum, mean, max, softmax, layer_norm, matmul, transpose,
+  rand, pos, ids, mask, arange,                  // leaves
+  elementwise,                                   // a row of the op table
+  reduce, softmax, layer_norm, matmul, transpose, index_select, embedding,
   mode, stream, fusion, graphs, wait, wait_all, drop,  // directives
 };
-
-enum class Unary { neg, abs, exp, log, sqrt, tanh, sigmoid, relu, silu, gelu, gelu_tanh };
-enum class Binary { add, sub, mul, div, maximum, minimum };
 
 struct Stmt {
   Kind kind{};
   int line = 0;
   int out = -1;            // the defined value's id, or -1 for directives
   std::vector<int> args;   // operand ids (wait/wait_all/drop: the values named)
-  Unary unary{};
-  Binary binary{};
-  float scalar = 0.f;      // scalar ops; layer_norm's eps
-  int dim = 0;
+  kernels::ElementwiseOp op{};   // elementwise
+  kernels::ReduceOp reduce{};    // reduce
+  std::array<float, kernels::kMaxOpScalars> scalars{};  // elementwise scalars; layer_norm's eps is [0]
+  DType dtype = DType::f32;      // to's target, arange's dtype
+  int dim = 0;             // reductions, softmax, index_select
   bool keepdim = false;
   bool flag = false;       // mode eager / fusion on / graphs on
   int stream = 0;
-  uint32_t seed = 0;
-  Shape shape;             // rand / pos
+  uint32_t seed = 0;       // rand, pos, ids, mask
+  int64_t maxval = 0;      // ids
+  Shape shape;             // rand, pos, ids, mask
 };
 
 struct Program {
@@ -85,20 +101,30 @@ struct Program {
 
 Program parse(std::string_view text);    // throws ParseError
 std::string to_text(const Program& p);   // parse(to_text(p)) gives p again
-const char* unary_name(Unary u) noexcept;
-const char* binary_name(Binary b) noexcept;
+// A statement's keyword: the op table's id of an element-wise row, the reduce table's name, ...
+std::string keyword(const Stmt& s);
+// The dtype a name of the dtype table (include/defer/dtype.hpp) names, or nullopt.
+std::optional<DType> dtype_named(std::string_view name);
+
 // The leaf values of rand/pos: deterministic in (seed, count, positive).
 std::vector<float> leaf_values(uint32_t seed, std::size_t count, bool positive);
+// The values of `ids SEED MAXVAL`: in [0, maxval) for maxval > 0, in [maxval, 0) for maxval < 0.
+std::vector<int64_t> id_values(uint32_t seed, std::size_t count, int64_t maxval);
+// The values of `mask SEED`: 0 or 1.
+std::vector<uint8_t> mask_values(uint32_t seed, std::size_t count);
 
 // What running a program produced for each wait (in the order waited), for comparing runs.
 struct Observation {
   int stmt = 0;           // index of the wait statement (or of the op call that failed)
   int id = -1;            // the value's id
   std::string name;       // the value's name
-  std::string outcome;    // "ok", "invalid_argument", "logic_error", "OutOfMemory", "DeviceError", "Error", "other"
+  // "ok", "invalid_argument", "out_of_range", "logic_error", "OutOfMemory", "DeviceError", "Error", "other"
+  std::string outcome;
   std::string message;    // the exception's message, when not ok
   Shape shape;
-  std::vector<float> values;
+  DType dtype = DType::f32;
+  std::vector<float> values;    // every dtype as f32 (exact but for integers beyond 2^24)
+  std::vector<int64_t> exact;   // i32 and i64 results: the integers themselves
 };
 
 struct RunOptions {
@@ -116,17 +142,26 @@ struct RunResult {
   std::vector<std::string> problems;  // the runtime disagreed with the shape rules: always a bug
 };
 
-// The shape an op statement gives for operands of shapes `a` (the contract's rules, written out
-// independently of the library); nullopt where the op must reject them.
-std::optional<Shape> infer_shape(const Stmt& s, const std::vector<Shape>& a);
+// The shape and dtype of a value.
+struct ValueType {
+  Shape shape;
+  DType dtype = DType::f32;
+  bool operator==(const ValueType&) const = default;
+};
+
+// The type an op statement gives for operands of types `a` (the contract's shape and dtype rules,
+// written out independently of the library); nullopt where the op must reject them at call time.
+std::optional<ValueType> infer_type(const Stmt& s, const std::vector<ValueType>& a);
 
 // Runs a program: op calls and waits as written. Call-time errors of an op are observations (its
-// value stays undefined; statements that use an undefined value are skipped), never crashes.
-// Restores the fusion/graphs switches and the mode it found.
+// value stays undefined; statements that use an undefined value are skipped), never crashes. An op
+// that fails when it runs (an index out of range) fails its wait, in either mode: an eager op
+// throws at the call, and its value then holds that error for its waits and for the ops that use it,
+// as a deferred op's Await would. Restores the fusion/graphs switches and the mode it found.
 RunResult run(const Program& p, const RunOptions& options = {});
 
-// Two runs agree: the same observations, values bit for bit (NaN where the other is NaN).
-// Returns "" or a description of the first difference.
+// Two runs agree: the same observations (outcomes, shapes, dtypes), values bit for bit (NaN where
+// the other is NaN, integers exactly). Returns "" or a description of the first difference.
 std::string compare(const RunResult& a, const RunResult& b);
 
 }  // namespace defer::lang

@@ -1,15 +1,24 @@
 #pragma once
 // Random op graphs for the property tests, written in the fuzz target's graph language
-// (fuzz/graph_lang.hpp), and a float64 reference of any such program that carries, for every
-// element, a bound on how far a float32 evaluation may be from it.
+// (tests/support/graph_lang.hpp), and a float64 reference of any such program that carries, for every
+// element, a bound on how far the library's evaluation may be from it.
 //
 // The bound: each op propagates its operands' bounds (through the function's Lipschitz constant, or
-// an exact interval bound for exp, log, sqrt, mul, div, and a sensitivity bound for the reductions,
-// softmax, layer_norm and matmul) and adds its own rounding (a few units in the last place for libm
-// functions, n units for an n-term sum). `ok` is false where the bound says nothing: an operand
-// interval that crosses a domain edge, or magnitudes near float's overflow. The generator steers
-// clear of those (log/sqrt/div only on operands away from 0, exp only of bounded values), so almost
-// every element is checked.
+// an exact interval bound for exp, log, sqrt, rsqrt, pow, mul, div, and a sensitivity bound for the
+// reductions, softmax, layer_norm and matmul) and adds its own rounding (a few units in the last
+// place of f32 for libm functions, n units for an n-term sum), then the rounding of storing the
+// result in its dtype (f16: 2^-11 relative, bf16: 2^-8; ops compute in f32 and round once when they
+// store, API.md section 9). Comparisons, casts to integers and argmax are exact where the operands'
+// intervals decide them. `ok` is false where the bound says nothing: an operand interval that
+// crosses a domain edge or a comparison's threshold, or magnitudes near the dtype's overflow. The
+// generator steers clear of those (log/sqrt/div only on operands away from 0, exp only of bounded
+// values), so almost every element is checked.
+//
+// An index op whose index is out of range fails when it runs (std::out_of_range), and so does every
+// value computed from it: the reference says which values must fail (Outcome).
+//
+// Element-wise ops are drawn from the op table's rows (kernels/op_table.hpp) by their columns, as
+// tests/support/one_op.hpp does; a row that the reference below does not handle is a build error.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -21,7 +30,8 @@
 #include <vector>
 
 #include "graph_lang.hpp"
-#include "reference.hpp"
+#include "one_op.hpp"
+#include "reference.hpp"  // tests/reference.hpp
 
 namespace defer::testing {
 
@@ -31,17 +41,28 @@ struct Bounded {
   bool ok = true;
 };
 
+// What a value's wait must give: its elements (ok), std::out_of_range (an index out of range here
+// or upstream), or unknown: an index the reference cannot bound, so neither is checked.
+enum class Outcome { ok, unknown, out_of_range };
+
 struct RefValue {
   Shape shape;
+  DType dtype = DType::f32;
   std::vector<Bounded> e;
+  Outcome outcome = Outcome::ok;
 };
 
 namespace refb {
+
+using kernels::ElementwiseOp;
+using E = kernels::ElementwiseOp;
 
 constexpr double kUnit = 0x1p-24;
 constexpr double kUnderflow = 0x1p-140;
 constexpr Bounded kUnreliable{0, 0, false};
 constexpr Bounded kNaN{std::numeric_limits<double>::quiet_NaN(), 0, true};
+
+inline Bounded exact(double v) { return Bounded{v, 0, true}; }
 
 inline Bounded rounded(double r, double err, double ulps) {
   Bounded b{r, err + ulps * kUnit * (std::fabs(r) + err) + (ulps > 0 ? kUnderflow : 0.0), true};
@@ -50,57 +71,245 @@ inline Bounded rounded(double r, double err, double ulps) {
   return b;
 }
 
+// ---- dtypes ------------------------------------------------------------------------------------
+
+// Half a unit in the last place (relative) and the absolute error near 0 of storing in a dtype.
+struct Precision {
+  double half_ulp, floor, largest;
+};
+inline Precision precision(DType t) {
+  if (t == DType::f16) return {0x1p-11, 0x1p-25, 65504.0};
+  if (t == DType::bf16) return {0x1p-8, 0x1p-134, 3.3e38};
+  return {kUnit, kUnderflow, 1e30};
+}
+
+// Whether v is a value of dtype t (f16/bf16: its significand and exponent fit).
+inline bool representable(double v, DType t) {
+  if (!std::isfinite(v) || v == 0) return true;
+  const int bits = t == DType::f16 ? 11 : t == DType::bf16 ? 8 : 24;
+  const int min_exp = t == DType::f16 ? -14 : -126;
+  const int e = std::max(std::ilogb(v), min_exp);
+  const double scaled = std::ldexp(v, bits - 1 - e);
+  return scaled == std::trunc(scaled) && std::fabs(v) <= precision(t).largest;
+}
+
+// The rounding of storing an f32 computation's result in dtype t (f32 rounding is in the ops).
+inline Bounded store(Bounded r, DType t) {
+  if (!r.ok || std::isnan(r.v) || (t != DType::f16 && t != DType::bf16)) return r;
+  const Precision p = precision(t);
+  if (!(r.err == 0 && representable(r.v, t))) r.err += p.half_ulp * (std::fabs(r.v) + r.err) + p.floor;
+  if (std::fabs(r.v) + r.err > p.largest) r.ok = false;  // may round to infinity
+  return r;
+}
+
+// A float to an integer dtype: truncated toward zero, saturated, NaN 0 (kernels/elementwise_math.h's
+// contract, API.md section 9).
+inline double truncate_to(double v, DType t) {
+  if (std::isnan(v)) return 0;
+  const double top = t == DType::i32 ? 0x1p31 : 0x1p63;
+  if (v >= top) return top - 1;
+  if (v < -top) return -top;
+  return std::trunc(v);
+}
+
+// A scalar operand as the op uses it: the data's dtype (API.md section 9). Comparing boolean data
+// with a scalar is not modelled (unreliable); masked_fill of boolean data stores the scalar != 0.
+inline Bounded scalar_as(double s, DType data) {
+  if (is_integer(data)) return exact(truncate_to(s, data));
+  if (data == DType::boolean) return kUnreliable;
+  if (data == DType::f32 || representable(s, data)) return exact(s);
+  return Bounded{s, precision(data).half_ulp * std::fabs(s) + precision(data).floor, true};
+}
+
+// ---- math rows --------------------------------------------------------------------------------
+
 using ref::sigmoid;
 
-inline Bounded unary(lang::Unary op, Bounded a) {
-  using lang::Unary;
+inline Bounded unary(ElementwiseOp op, Bounded a) {
   if (!a.ok) return kUnreliable;
   if (std::isnan(a.v)) return kNaN;
   const double x = a.v, e = a.err;
   switch (op) {
-    case Unary::neg: return rounded(-x, e, 0);
-    case Unary::abs: return rounded(std::fabs(x), e, 0);
-    case Unary::relu: return rounded(x < 0 ? 0.0 : x, e, 0);
-    case Unary::exp: {
+    case E::neg: return rounded(-x, e, 0);
+    case E::abs: return rounded(std::fabs(x), e, 0);
+    case E::relu: return rounded(x < 0 ? 0.0 : x, e, 0);
+    case E::exp: {
       const double r = std::exp(x);
       return rounded(r, r * std::expm1(e), 4);
     }
-    case Unary::log:
+    case E::log:
       if (x - e > 0) return rounded(std::log(x), -std::log1p(-e / x), 4);
       return x + e < 0 ? kNaN : kUnreliable;
-    case Unary::sqrt:
+    case E::sqrt:
       if (x - e >= 0) {
         const double r = std::sqrt(x);
         return rounded(r, e == 0 ? 0.0 : e / (r + std::sqrt(x - e)), 1);
       }
       return x + e < 0 ? kNaN : kUnreliable;
-    case Unary::tanh: return rounded(std::tanh(x), e, 8);
-    case Unary::sigmoid: return rounded(sigmoid(x), 0.25 * e, 16);
-    case Unary::silu: return rounded(x * sigmoid(x), 1.1 * e, 16);
-    case Unary::gelu: return rounded(0.5 * x * std::erfc(-x / std::numbers::sqrt2), 1.2 * e, 4);
-    case Unary::gelu_tanh: {
+    case E::rsqrt:  // 1 / sqrt: three roundings
+      if (x - e > 0) {
+        const double r = 1.0 / std::sqrt(x);
+        return rounded(r, 1.0 / std::sqrt(x - e) - r, 4);
+      }
+      return x + e < 0 ? kNaN : kUnreliable;
+    case E::tanh: return rounded(std::tanh(x), e, 8);
+    case E::sigmoid: return rounded(sigmoid(x), 0.25 * e, 16);
+    case E::silu: return rounded(x * sigmoid(x), 1.1 * e, 16);
+    case E::gelu: return rounded(0.5 * x * std::erfc(-x / std::numbers::sqrt2), 1.2 * e, 4);
+    case E::gelu_tanh: {
       const double u = std::sqrt(2.0 / std::numbers::pi) * (x + 0.044715 * x * x * x);
       return rounded(x * sigmoid(2.0 * u), 1.2 * e, 4);
     }
+    case E::erf: return rounded(std::erf(x), 1.13 * e, 4);                    // |erf'| <= 2 / sqrt(pi)
+    case E::softplus: return rounded(ref::elementwise(op, x), e, 8);          // |softplus'| <= 1
+    default: return kUnreliable;
   }
-  return kUnreliable;
 }
 
-inline Bounded binary(lang::Binary op, Bounded a, Bounded b) {
-  using lang::Binary;
+// add ... minimum, also for their scalar rows (b is then the scalar).
+inline Bounded binary(ElementwiseOp op, Bounded a, Bounded b) {
   if ((a.ok && std::isnan(a.v)) || (b.ok && std::isnan(b.v))) return kNaN;
   if (!a.ok || !b.ok) return kUnreliable;
   switch (op) {
-    case Binary::add: return rounded(a.v + b.v, a.err + b.err, 1);
-    case Binary::sub: return rounded(a.v - b.v, a.err + b.err, 1);
-    case Binary::mul: return rounded(a.v * b.v, std::fabs(a.v) * b.err + std::fabs(b.v) * a.err + a.err * b.err, 1);
-    case Binary::div: {
+    case E::add: return rounded(a.v + b.v, a.err + b.err, 1);
+    case E::sub: return rounded(a.v - b.v, a.err + b.err, 1);
+    case E::mul: return rounded(a.v * b.v, std::fabs(a.v) * b.err + std::fabs(b.v) * a.err + a.err * b.err, 1);
+    case E::div: {
       const double m = std::fabs(b.v);
       if (m - b.err <= 0) return kUnreliable;
       return rounded(a.v / b.v, (a.err * m + std::fabs(a.v) * b.err) / (m * (m - b.err)), 1);
     }
-    case Binary::maximum: return rounded(std::max(a.v, b.v), std::max(a.err, b.err), 0);
-    case Binary::minimum: return rounded(std::min(a.v, b.v), std::max(a.err, b.err), 0);
+    case E::maximum: return rounded(std::max(a.v, b.v), std::max(a.err, b.err), 0);
+    case E::minimum: return rounded(std::min(a.v, b.v), std::max(a.err, b.err), 0);
+    default: return kUnreliable;
+  }
+}
+
+// x^p: monotone between the interval's ends where the interval keeps one sign.
+inline Bounded power(Bounded a, Bounded p) {
+  if (!a.ok || !p.ok || p.err != 0) return kUnreliable;
+  if (p.v == 0) return exact(1);  // pow(x, 0) is 1, NaN included
+  if (std::isnan(a.v)) return kNaN;
+  const double x = a.v, e = a.err, r = std::pow(x, p.v);
+  const bool integral = p.v == std::trunc(p.v);
+  if (x - e > 0 || (integral && x + e < 0)) {
+    const double err = std::max(std::fabs(std::pow(x - e, p.v) - r), std::fabs(std::pow(x + e, p.v) - r));
+    return rounded(r, err, 4);
+  }
+  if (!integral && x + e < 0) return kNaN;
+  if (integral && p.v > 0) return rounded(r, std::max(std::fabs(std::pow(x - e, p.v)), std::fabs(std::pow(x + e, p.v))) + std::fabs(r), 4);
+  return kUnreliable;
+}
+
+// min(max(x, lo), hi), NaN staying NaN, lo > hi giving hi (torch.clamp).
+inline Bounded clamp(Bounded a, Bounded lo, Bounded hi) {
+  if (!a.ok || !lo.ok || !hi.ok) return kUnreliable;
+  if (std::isnan(a.v)) return kNaN;
+  const double r = ref::elementwise(E::clamp, a.v, 0, 0, lo.v, hi.v);
+  return rounded(r, std::max({a.err, lo.err, hi.err}), 0);
+}
+
+// ---- comparisons, selections, casts ---------------------------------------------------------------
+
+inline bool holds(ElementwiseOp cmp, double x, double y) { return ref::elementwise(cmp, x, y) != 0.0; }
+
+// A comparison is exact where every value in the operands' intervals gives the same answer.
+inline Bounded compare(ElementwiseOp cmp, Bounded a, Bounded b) {
+  if (!a.ok || !b.ok) return kUnreliable;
+  if (std::isnan(a.v) || std::isnan(b.v)) return exact(cmp == E::ne ? 1 : 0);
+  if (a.err == 0 && b.err == 0) return exact(holds(cmp, a.v, b.v) ? 1 : 0);
+  const double alo = a.v - a.err, ahi = a.v + a.err, blo = b.v - b.err, bhi = b.v + b.err;
+  if (cmp == E::eq || cmp == E::ne) {
+    if (ahi < blo || bhi < alo) return exact(cmp == E::ne ? 1 : 0);
+    return kUnreliable;
+  }
+  const bool first = holds(cmp, alo, bhi), second = holds(cmp, ahi, blo);
+  return first == second ? exact(first ? 1 : 0) : kUnreliable;
+}
+
+inline Bounded select(Bounded cond, Bounded yes, Bounded no) {
+  if (!cond.ok) return kUnreliable;
+  return cond.v != 0 ? yes : no;
+}
+
+inline double wrap_i32(double v) {
+  return static_cast<double>(static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(static_cast<int64_t>(v)))));
+}
+
+// to(x, t) for x of dtype `from` (API.md section 9); the store's rounding comes after.
+inline Bounded cast(Bounded x, DType from, DType to) {
+  if (!x.ok) return kUnreliable;
+  if (is_integer(from) && is_integer(to)) return exact(to == DType::i32 ? wrap_i32(x.v) : x.v);
+  if (std::isnan(x.v)) return is_floating(to) ? kNaN : exact(to == DType::boolean ? 1 : 0);
+  if (is_floating(to)) {
+    // An integer beyond 2^24 rounds as the f32 computation loads it.
+    if (is_integer(from) && std::fabs(x.v) > 0x1p24) x.err += kUnit * std::fabs(x.v);
+    return x;
+  }
+  if (to == DType::boolean) {
+    if (x.err == 0 || std::fabs(x.v) > x.err) return exact(x.v != 0 ? 1 : 0);
+    return kUnreliable;
+  }
+  const double lo = truncate_to(x.v - x.err, to), hi = truncate_to(x.v + x.err, to);
+  return lo == hi ? exact(lo) : kUnreliable;
+}
+
+// The tensor row of a scalar row (add_scalar -> add, gt_scalar -> gt), by the table's api names.
+inline ElementwiseOp tensor_form(ElementwiseOp scalar_row) {
+  const std::string api = kernels::name(scalar_row);
+  for (ElementwiseOp op : ops_where([&](const kernels::ElementwiseInfo& i) { return i.tensors == 2 && i.scalars == 0 && api == i.name; }))
+    return op;
+  throw std::invalid_argument(api + " has no tensor form");
+}
+
+// One element of an op-table row: its tensor operands t, its scalars (as given), the dtype of its
+// data operands and of its result. Every row is a case: a new row needs its reference here.
+inline Bounded elementwise(ElementwiseOp op, const Bounded* t, const float* s, DType data, DType result) {
+  switch (op) {
+    case E::neg:
+    case E::abs:
+    case E::exp:
+    case E::log:
+    case E::sqrt:
+    case E::rsqrt:
+    case E::tanh:
+    case E::sigmoid:
+    case E::relu:
+    case E::silu:
+    case E::gelu:
+    case E::gelu_tanh:
+    case E::erf:
+    case E::softplus: return unary(op, t[0]);
+    case E::add:
+    case E::sub:
+    case E::mul:
+    case E::div:
+    case E::maximum:
+    case E::minimum: return binary(op, t[0], t[1]);
+    case E::add_scalar:
+    case E::sub_scalar:
+    case E::mul_scalar:
+    case E::div_scalar:
+    case E::maximum_scalar:
+    case E::minimum_scalar: return binary(tensor_form(op), t[0], scalar_as(s[0], data));
+    case E::pow_scalar: return power(t[0], scalar_as(s[0], data));
+    case E::clamp: return clamp(t[0], scalar_as(s[0], data), scalar_as(s[1], data));
+    case E::eq:
+    case E::ne:
+    case E::lt:
+    case E::le:
+    case E::gt:
+    case E::ge: return compare(op, t[0], t[1]);
+    case E::eq_scalar:
+    case E::ne_scalar:
+    case E::lt_scalar:
+    case E::le_scalar:
+    case E::gt_scalar:
+    case E::ge_scalar: return compare(tensor_form(op), t[0], scalar_as(s[0], data));
+    case E::where: return select(t[0], t[1], t[2]);
+    case E::masked_fill:
+      return select(t[1], data == DType::boolean ? exact(s[0] != 0.f ? 1 : 0) : scalar_as(s[0], data), t[0]);
+    case E::to: return cast(t[0], data, result);
   }
   return kUnreliable;
 }
@@ -120,188 +329,277 @@ inline Axis axis(const Shape& s, int dim) {
   return a;
 }
 
+inline int normalized(int dim, const Shape& s) { return dim < 0 ? dim + static_cast<int>(s.size()) : dim; }
+
+// ---- the other ops, one function each ------------------------------------------------------------
+
+inline void elementwise_values(const lang::Stmt& s, const std::vector<const RefValue*>& a, RefValue& out) {
+  const int condition = kernels::condition_operand(s.op);
+  const DType data = a[condition == 0 ? 1 : 0]->dtype;
+  Shape idx(out.shape.size(), 0);
+  Bounded t[kernels::kMaxOpTensors];
+  for (std::size_t i = 0; i < out.e.size(); ++i) {
+    for (std::size_t k = 0; k < a.size(); ++k) t[k] = a[k]->e[static_cast<std::size_t>(broadcast_offset(a[k]->shape, out.shape, idx))];
+    out.e[i] = elementwise(s.op, t, s.scalars.data(), data, out.dtype);
+    for (std::size_t d = out.shape.size(); d-- > 0;) {
+      if (++idx[d] < out.shape[d]) break;
+      idx[d] = 0;
+    }
+  }
+}
+
+// The first largest of x[0..n) (NaN largest): exact where the intervals decide it, else the range
+// of indices it may be (v +- err).
+inline Bounded argmax_of(const std::vector<Bounded>& x) {
+  const auto n = static_cast<int64_t>(x.size());
+  const Bounded anywhere{static_cast<double>(n - 1) / 2, static_cast<double>(n - 1) / 2, true};
+  double top = -std::numeric_limits<double>::infinity();
+  for (int64_t j = 0; j < n; ++j) {
+    const Bounded& b = x[static_cast<std::size_t>(j)];
+    if (!b.ok) return anywhere;
+    if (std::isnan(b.v)) return exact(static_cast<double>(j));  // the first NaN; none before it
+    top = std::max(top, b.v - b.err);
+  }
+  int64_t first = -1, last = -1;
+  bool tie = true;  // every candidate is exactly the first one's value
+  for (int64_t j = 0; j < n; ++j) {
+    const Bounded& b = x[static_cast<std::size_t>(j)];
+    if (b.v + b.err < top) continue;
+    if (first < 0) first = j;
+    else tie = tie && b.err == 0 && x[static_cast<std::size_t>(first)].err == 0 && b.v == x[static_cast<std::size_t>(first)].v;
+    last = j;
+  }
+  if (first == last || tie) return exact(static_cast<double>(first));
+  return Bounded{static_cast<double>(first + last) / 2, static_cast<double>(last - first) / 2, true};
+}
+
+inline void reduce_values(const lang::Stmt& s, const RefValue& x, RefValue& out) {
+  const Axis ax = axis(x.shape, normalized(s.dim, x.shape));
+  const bool extreme = s.reduce == kernels::ReduceOp::max || s.reduce == kernels::ReduceOp::min;
+  const double sign = s.reduce == kernels::ReduceOp::min ? -1 : 1;
+  for (int64_t o = 0; o < ax.outer; ++o)
+    for (int64_t i = 0; i < ax.inner; ++i) {
+      std::vector<Bounded> row;
+      for (int64_t j = 0; j < ax.n; ++j) row.push_back(x.e[static_cast<std::size_t>((o * ax.n + j) * ax.inner + i)]);
+      Bounded& r = out.e[static_cast<std::size_t>(o * ax.inner + i)];
+      if (s.reduce == kernels::ReduceOp::argmax) {
+        r = argmax_of(row);
+        continue;
+      }
+      double acc = extreme ? -std::numeric_limits<double>::infinity() : 0.0, err = 0, mag = 0;
+      bool ok = true, nan = false;
+      for (const Bounded& b : row) {
+        if (!b.ok) ok = false;
+        else if (std::isnan(b.v)) nan = true;
+        acc = extreme ? std::max(acc, sign * b.v) : acc + b.v;
+        err = extreme ? std::max(err, b.err) : err + b.err;
+        mag += std::fabs(b.v);
+      }
+      const double n = static_cast<double>(ax.n);
+      if (extreme) r = rounded(sign * acc, err, 0);
+      else if (s.reduce == kernels::ReduceOp::sum) r = rounded(acc, err + (n + 1) * kUnit * mag, 1);
+      else r = ax.n == 0 ? kNaN : rounded(acc / n, (err + (n + 2) * kUnit * mag) / n, 2);
+      if (!ok) r = kUnreliable;
+      else if (nan) r = kNaN;  // NaN wins in max and min too
+    }
+}
+
+inline void softmax_values(const lang::Stmt& s, const RefValue& x, RefValue& out) {
+  const Axis ax = axis(x.shape, normalized(s.dim, x.shape));
+  for (int64_t o = 0; o < ax.outer; ++o)
+    for (int64_t i = 0; i < ax.inner; ++i) {
+      const auto at = [&](int64_t j) { return static_cast<std::size_t>((o * ax.n + j) * ax.inner + i); };
+      double m = -std::numeric_limits<double>::infinity(), e = 0, total = 0, spread = 0;
+      bool ok = true;
+      for (int64_t j = 0; j < ax.n; ++j) {
+        const Bounded& b = x.e[at(j)];
+        ok = ok && b.ok && !std::isnan(b.v);
+        m = std::max(m, b.v);
+        e = std::max(e, b.err);
+      }
+      for (int64_t j = 0; j < ax.n; ++j) {
+        total += std::exp(x.e[at(j)].v - m);
+        spread = std::max(spread, m - x.e[at(j)].v);
+      }
+      const double rel = std::expm1(2 * e) + (static_cast<double>(ax.n) + 16) * kUnit * (1 + spread);
+      for (int64_t j = 0; j < ax.n; ++j) {
+        const double y = std::exp(x.e[at(j)].v - m) / total;
+        out.e[at(j)] = ok ? rounded(y, y * rel, 4) : kUnreliable;
+      }
+    }
+}
+
+inline void layer_norm_values(const lang::Stmt& s, const std::vector<const RefValue*>& a, RefValue& out) {
+  const int64_t cols = a[0]->shape.back();
+  const int64_t rows = cols == 0 ? 0 : numel(a[0]->shape) / cols;
+  const double eps = s.scalars[0], n = static_cast<double>(cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    const auto at = [&](int64_t c) { return static_cast<std::size_t>(r * cols + c); };
+    double mu = 0, var = 0, e = 0, vmax = 0;
+    bool ok = true;
+    for (int64_t c = 0; c < cols; ++c) {
+      const Bounded& x = a[0]->e[at(c)];
+      const Bounded& g = a[1]->e[static_cast<std::size_t>(c)];
+      const Bounded& b = a[2]->e[static_cast<std::size_t>(c)];
+      ok = ok && x.ok && g.ok && b.ok && !std::isnan(x.v) && !std::isnan(g.v) && !std::isnan(b.v);
+      mu += x.v;
+      e = std::max(e, x.err);
+      vmax = std::max(vmax, std::fabs(x.v));
+    }
+    mu /= n;
+    for (int64_t c = 0; c < cols; ++c) var += (a[0]->e[at(c)].v - mu) * (a[0]->e[at(c)].v - mu);
+    var /= n;
+    const double sigma = std::sqrt(var + eps);
+    const double ex = e + (n + 4) * kUnit * vmax;  // input error plus the mean's rounding
+    // Two passes (the mean, then squared deviations from it), as both backends compute it: the
+    // variance's own rounding is relative to the variance, with no E[x^2] - E[x]^2 cancellation.
+    const double dvar = 4 * ex * sigma + 4 * ex * ex + 2 * (n + 4) * kUnit * var;
+    const double dsigma = std::min(dvar / (2 * sigma), std::sqrt(dvar));
+    const double low = var + eps - dvar;
+    if (!(low > 0) || eps <= 0) ok = false;
+    const double sigma_low = ok ? std::sqrt(low) : 0;
+    for (int64_t c = 0; c < cols; ++c) {
+      if (!ok) {
+        out.e[at(c)] = kUnreliable;
+        continue;
+      }
+      const Bounded& x = a[0]->e[at(c)];
+      const Bounded& g = a[1]->e[static_cast<std::size_t>(c)];
+      const Bounded& b = a[2]->e[static_cast<std::size_t>(c)];
+      const double z = (x.v - mu) / sigma;
+      const double dz = 2 * ex / sigma_low + std::fabs(x.v - mu) * dsigma / (sigma * sigma_low) + 8 * kUnit * std::fabs(z);
+      const double y = z * g.v + b.v;
+      const double err = std::fabs(g.v) * dz + (std::fabs(z) + dz) * g.err + b.err +
+                         4 * kUnit * (std::fabs(y) + std::fabs(z * g.v) + std::fabs(b.v));
+      out.e[at(c)] = rounded(y, err, 0);
+    }
+  }
+}
+
+inline void matmul_values(const RefValue& x, const RefValue& y, RefValue& out) {
+  const Shape& sa = x.shape;
+  const Shape& sb = y.shape;
+  const int64_t m = sa[sa.size() - 2], k = sa.back(), n = sb.back();
+  const int64_t batch = sa.size() == 3 ? sa[0] : (sb.size() == 3 ? sb[0] : 1);
+  for (int64_t p = 0; p < batch; ++p) {
+    const int64_t ao = sa.size() == 3 ? p * m * k : 0, bo = sb.size() == 3 ? p * k * n : 0;
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) {
+        double acc = 0, err = 0, mag = 0;
+        bool ok = true;
+        for (int64_t q = 0; q < k; ++q) {
+          const Bounded& u = x.e[static_cast<std::size_t>(ao + i * k + q)];
+          const Bounded& w = y.e[static_cast<std::size_t>(bo + q * n + j)];
+          ok = ok && u.ok && w.ok && !std::isnan(u.v) && !std::isnan(w.v);
+          acc += u.v * w.v;
+          err += std::fabs(u.v) * w.err + std::fabs(w.v) * u.err + u.err * w.err;
+          mag += std::fabs(u.v * w.v);
+        }
+        out.e[static_cast<std::size_t>(p * m * n + i * n + j)] =
+            ok ? rounded(acc, err + (static_cast<double>(k) + 2) * kUnit * mag, 1) : kUnreliable;
+      }
+  }
+}
+
+inline void transpose_values(const RefValue& x, RefValue& out) {
+  const Shape& si = x.shape;
+  const int64_t rows = si[si.size() - 2], cols = si.back();
+  const int64_t batch = rows * cols == 0 ? 0 : numel(si) / (rows * cols);
+  for (int64_t p = 0; p < batch; ++p)
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < cols; ++j)
+        out.e[static_cast<std::size_t>(p * rows * cols + j * rows + i)] = x.e[static_cast<std::size_t>(p * rows * cols + i * cols + j)];
+}
+
+// out[o, j, i] = x[o, index[j], i] (index_select; embedding with o = 1 and the ids flattened). An
+// index certainly outside [0, n) fails the op when it runs; one that may be outside makes the
+// outcome unknown; one known only within a range gives unreliable elements.
+inline void gather_values(const RefValue& x, const Axis& ax, const RefValue& index, RefValue& out) {
+  Outcome outcome = Outcome::ok;
+  for (const Bounded& b : index.e) {
+    const double lo = std::ceil(b.v - b.err), hi = std::floor(b.v + b.err);
+    if (b.ok && (hi < 0 || lo >= static_cast<double>(ax.n))) outcome = Outcome::out_of_range;
+    else if (!b.ok || lo < 0 || hi >= static_cast<double>(ax.n)) outcome = std::max(outcome, Outcome::unknown);
+  }
+  // The runtime checks indices only when the result has elements (src/graph/executor.cpp: launch_op
+  // returns before the kernel for an empty result), so there an index out of range passes.
+  if (outcome == Outcome::out_of_range && out.e.empty()) outcome = Outcome::unknown;
+  out.outcome = outcome;
+  if (outcome != Outcome::ok) return;
+  const auto count = static_cast<int64_t>(index.e.size());
+  for (int64_t o = 0; o < ax.outer; ++o)
+    for (int64_t j = 0; j < count; ++j) {
+      const Bounded& b = index.e[static_cast<std::size_t>(j)];
+      for (int64_t i = 0; i < ax.inner; ++i)
+        out.e[static_cast<std::size_t>((o * count + j) * ax.inner + i)] =
+            b.err == 0 ? x.e[static_cast<std::size_t>((o * ax.n + static_cast<int64_t>(b.v)) * ax.inner + i)] : kUnreliable;
+    }
+}
+
+inline void leaf_values(const lang::Stmt& s, RefValue& out) {
+  const std::size_t n = out.e.size();
+  switch (s.kind) {
+    case lang::Kind::rand:
+    case lang::Kind::pos: {
+      const auto v = lang::leaf_values(s.seed, n, s.kind == lang::Kind::pos);
+      for (std::size_t i = 0; i < n; ++i) out.e[i] = exact(v[i]);
+      return;
+    }
+    case lang::Kind::ids: {
+      const auto v = lang::id_values(s.seed, n, s.maxval);
+      for (std::size_t i = 0; i < n; ++i) out.e[i] = exact(static_cast<double>(v[i]));
+      return;
+    }
+    case lang::Kind::mask: {
+      const auto v = lang::mask_values(s.seed, n);
+      for (std::size_t i = 0; i < n; ++i) out.e[i] = exact(v[i]);
+      return;
+    }
+    case lang::Kind::arange:
+      for (std::size_t i = 0; i < n; ++i) out.e[i] = exact(s.dtype == DType::boolean ? (i != 0 ? 1.0 : 0.0) : static_cast<double>(i));
+      return;
+    default: return;
+  }
+}
+
 }  // namespace refb
 
-// The bounded float64 value of one op statement, given its operands' values.
+// The bounded float64 value of one statement, given its operands' values.
 inline RefValue evaluate(const lang::Stmt& s, const std::vector<const RefValue*>& a) {
   using lang::Kind;
   using namespace refb;
-  std::vector<Shape> shapes;
-  for (const RefValue* r : a) shapes.push_back(r->shape);
-  RefValue out;
-  const auto shape = lang::infer_shape(s, shapes);
-  if (!shape) {
-    std::string what = "reference: an invalid statement at line " + std::to_string(s.line) + " (kind " +
-                       std::to_string(static_cast<int>(s.kind)) + ", operands";
-    for (const Shape& x : shapes) what += " " + shape_str(x);
+  std::vector<lang::ValueType> types;
+  for (const RefValue* r : a) types.push_back({r->shape, r->dtype});
+  const auto type = lang::infer_type(s, types);
+  if (!type) {
+    std::string what = "reference: an invalid statement at line ";
+    what.append(std::to_string(s.line)).append(" (").append(lang::keyword(s)).append(", operands");
+    for (const auto& t : types) what.append(" ").append(shape_str(t.shape)).append(" ").append(dtype_name(t.dtype));
     throw std::logic_error(what + ")");
   }
-  out.shape = *shape;
-  const auto n_out = static_cast<std::size_t>(numel(out.shape));
-  out.e.resize(n_out);
+  RefValue out;
+  out.shape = type->shape;
+  out.dtype = type->dtype;
+  out.e.assign(static_cast<std::size_t>(numel(out.shape)), kUnreliable);
+  for (const RefValue* r : a) out.outcome = std::max(out.outcome, r->outcome);
+  if (out.outcome != Outcome::ok) return out;  // an operand fails: so does this value
   switch (s.kind) {
     case Kind::rand:
-    case Kind::pos: {
-      const auto v = lang::leaf_values(s.seed, n_out, s.kind == Kind::pos);
-      for (std::size_t i = 0; i < n_out; ++i) out.e[i] = Bounded{v[i], 0, true};
-      break;
-    }
-    case Kind::unary:
-      for (std::size_t i = 0; i < n_out; ++i) out.e[i] = unary(s.unary, a[0]->e[i]);
-      break;
-    case Kind::scalar:
-      for (std::size_t i = 0; i < n_out; ++i) out.e[i] = binary(s.binary, a[0]->e[i], Bounded{s.scalar, 0, true});
-      break;
-    case Kind::binary: {
-      Shape idx(out.shape.size(), 0);
-      for (std::size_t i = 0; i < n_out; ++i) {
-        out.e[i] = binary(s.binary, a[0]->e[static_cast<std::size_t>(broadcast_offset(a[0]->shape, out.shape, idx))],
-                          a[1]->e[static_cast<std::size_t>(broadcast_offset(a[1]->shape, out.shape, idx))]);
-        for (std::size_t d = out.shape.size(); d-- > 0;) {
-          if (++idx[d] < out.shape[d]) break;
-          idx[d] = 0;
-        }
-      }
-      break;
-    }
-    case Kind::sum:
-    case Kind::mean:
-    case Kind::max: {
-      const int dim = s.dim < 0 ? s.dim + static_cast<int>(a[0]->shape.size()) : s.dim;
-      const Axis ax = axis(a[0]->shape, dim);
-      for (int64_t o = 0; o < ax.outer; ++o)
-        for (int64_t i = 0; i < ax.inner; ++i) {
-          double acc = s.kind == Kind::max ? -std::numeric_limits<double>::infinity() : 0.0, err = 0, mag = 0;
-          bool ok = true, nan = false;
-          for (int64_t j = 0; j < ax.n; ++j) {
-            const Bounded& x = a[0]->e[static_cast<std::size_t>((o * ax.n + j) * ax.inner + i)];
-            if (!x.ok) ok = false;
-            else if (std::isnan(x.v)) nan = true;
-            acc = s.kind == Kind::max ? std::max(acc, x.v) : acc + x.v;
-            err = s.kind == Kind::max ? std::max(err, x.err) : err + x.err;
-            mag += std::fabs(x.v);
-          }
-          Bounded r;
-          const double n = static_cast<double>(ax.n);
-          if (s.kind == Kind::max) r = rounded(acc, err, 0);
-          else if (s.kind == Kind::sum) r = rounded(acc, err + (n + 1) * kUnit * mag, 1);
-          else r = ax.n == 0 ? kNaN : rounded(acc / n, (err + (n + 2) * kUnit * mag) / n, 2);
-          if (!ok || (nan && s.kind == Kind::max)) r = kUnreliable;
-          else if (nan) r = kNaN;
-          out.e[static_cast<std::size_t>(o * ax.inner + i)] = r;
-        }
-      break;
-    }
-    case Kind::softmax: {
-      const int dim = s.dim < 0 ? s.dim + static_cast<int>(a[0]->shape.size()) : s.dim;
-      const Axis ax = axis(a[0]->shape, dim);
-      for (int64_t o = 0; o < ax.outer; ++o)
-        for (int64_t i = 0; i < ax.inner; ++i) {
-          const auto at = [&](int64_t j) { return static_cast<std::size_t>((o * ax.n + j) * ax.inner + i); };
-          double m = -std::numeric_limits<double>::infinity(), e = 0, total = 0, spread = 0;
-          bool ok = true;
-          for (int64_t j = 0; j < ax.n; ++j) {
-            const Bounded& x = a[0]->e[at(j)];
-            ok = ok && x.ok && !std::isnan(x.v);
-            m = std::max(m, x.v);
-            e = std::max(e, x.err);
-          }
-          for (int64_t j = 0; j < ax.n; ++j) {
-            total += std::exp(a[0]->e[at(j)].v - m);
-            spread = std::max(spread, m - a[0]->e[at(j)].v);
-          }
-          const double rel = std::expm1(2 * e) + (static_cast<double>(ax.n) + 16) * kUnit * (1 + spread);
-          for (int64_t j = 0; j < ax.n; ++j) {
-            const double y = std::exp(a[0]->e[at(j)].v - m) / total;
-            out.e[at(j)] = ok ? rounded(y, y * rel, 4) : kUnreliable;
-          }
-        }
-      break;
-    }
-    case Kind::layer_norm: {
-      const int64_t cols = a[0]->shape.back();
-      const int64_t rows = cols == 0 ? 0 : numel(a[0]->shape) / cols;
-      const double eps = s.scalar, n = static_cast<double>(cols);
-      for (int64_t r = 0; r < rows; ++r) {
-        const auto at = [&](int64_t c) { return static_cast<std::size_t>(r * cols + c); };
-        double mu = 0, var = 0, e = 0, vmax = 0;
-        bool ok = true;
-        for (int64_t c = 0; c < cols; ++c) {
-          const Bounded& x = a[0]->e[at(c)];
-          const Bounded& g = a[1]->e[static_cast<std::size_t>(c)];
-          const Bounded& b = a[2]->e[static_cast<std::size_t>(c)];
-          ok = ok && x.ok && g.ok && b.ok && !std::isnan(x.v) && !std::isnan(g.v) && !std::isnan(b.v);
-          mu += x.v;
-          e = std::max(e, x.err);
-          vmax = std::max(vmax, std::fabs(x.v));
-        }
-        mu /= n;
-        for (int64_t c = 0; c < cols; ++c) var += (a[0]->e[at(c)].v - mu) * (a[0]->e[at(c)].v - mu);
-        var /= n;
-        const double sigma = std::sqrt(var + eps);
-        const double ex = e + (n + 4) * kUnit * vmax;                        // input error plus the mean's rounding
-        // Two passes (the mean, then squared deviations from it), as both backends compute it: the
-        // variance's own rounding is relative to the variance, with no E[x^2] - E[x]^2 cancellation.
-        const double dvar = 4 * ex * sigma + 4 * ex * ex + 2 * (n + 4) * kUnit * var;
-        const double dsigma = std::min(dvar / (2 * sigma), std::sqrt(dvar));
-        const double low = var + eps - dvar;
-        if (!(low > 0) || eps <= 0) ok = false;
-        const double sigma_low = ok ? std::sqrt(low) : 0;
-        for (int64_t c = 0; c < cols; ++c) {
-          if (!ok) {
-            out.e[at(c)] = kUnreliable;
-            continue;
-          }
-          const Bounded& x = a[0]->e[at(c)];
-          const Bounded& g = a[1]->e[static_cast<std::size_t>(c)];
-          const Bounded& b = a[2]->e[static_cast<std::size_t>(c)];
-          const double z = (x.v - mu) / sigma;
-          const double dz = 2 * ex / sigma_low + std::fabs(x.v - mu) * dsigma / (sigma * sigma_low) + 8 * kUnit * std::fabs(z);
-          const double y = z * g.v + b.v;
-          const double err = std::fabs(g.v) * dz + (std::fabs(z) + dz) * g.err + b.err +
-                             4 * kUnit * (std::fabs(y) + std::fabs(z * g.v) + std::fabs(b.v));
-          out.e[at(c)] = rounded(y, err, 0);
-        }
-      }
-      break;
-    }
-    case Kind::matmul: {
-      const Shape& sa = a[0]->shape;
-      const Shape& sb = a[1]->shape;
-      const int64_t m = sa[sa.size() - 2], k = sa.back(), n = sb.back();
-      const int64_t batch = sa.size() == 3 ? sa[0] : (sb.size() == 3 ? sb[0] : 1);
-      for (int64_t p = 0; p < batch; ++p) {
-        const int64_t ao = sa.size() == 3 ? p * m * k : 0, bo = sb.size() == 3 ? p * k * n : 0;
-        for (int64_t i = 0; i < m; ++i)
-          for (int64_t j = 0; j < n; ++j) {
-            double acc = 0, err = 0, mag = 0;
-            bool ok = true;
-            for (int64_t q = 0; q < k; ++q) {
-              const Bounded& x = a[0]->e[static_cast<std::size_t>(ao + i * k + q)];
-              const Bounded& y = a[1]->e[static_cast<std::size_t>(bo + q * n + j)];
-              ok = ok && x.ok && y.ok && !std::isnan(x.v) && !std::isnan(y.v);
-              acc += x.v * y.v;
-              err += std::fabs(x.v) * y.err + std::fabs(y.v) * x.err + x.err * y.err;
-              mag += std::fabs(x.v * y.v);
-            }
-            out.e[static_cast<std::size_t>(p * m * n + i * n + j)] =
-                ok ? rounded(acc, err + (static_cast<double>(k) + 2) * kUnit * mag, 1) : kUnreliable;
-          }
-      }
-      break;
-    }
-    case Kind::transpose: {
-      const Shape& si = a[0]->shape;
-      const int64_t rows = si[si.size() - 2], cols = si.back();
-      const int64_t batch = rows * cols == 0 ? 0 : numel(si) / (rows * cols);
-      for (int64_t p = 0; p < batch; ++p)
-        for (int64_t i = 0; i < rows; ++i)
-          for (int64_t j = 0; j < cols; ++j)
-            out.e[static_cast<std::size_t>(p * rows * cols + j * rows + i)] = a[0]->e[static_cast<std::size_t>(p * rows * cols + i * cols + j)];
-      break;
-    }
+    case Kind::pos:
+    case Kind::ids:
+    case Kind::mask:
+    case Kind::arange: refb::leaf_values(s, out); break;
+    case Kind::elementwise: elementwise_values(s, a, out); break;
+    case Kind::reduce: reduce_values(s, *a[0], out); break;
+    case Kind::softmax: softmax_values(s, *a[0], out); break;
+    case Kind::layer_norm: layer_norm_values(s, a, out); break;
+    case Kind::matmul: matmul_values(*a[0], *a[1], out); break;
+    case Kind::transpose: transpose_values(*a[0], out); break;
+    case Kind::index_select: gather_values(*a[0], axis(a[0]->shape, normalized(s.dim, a[0]->shape)), *a[1], out); break;
+    case Kind::embedding: gather_values(*a[0], Axis{1, a[0]->shape[0], a[0]->shape[1]}, *a[1], out); break;
     default: break;
   }
+  for (Bounded& b : out.e) b = store(b, out.dtype);
   return out;
 }
 
@@ -319,23 +617,23 @@ inline Reference evaluate(const lang::Program& p) {
   for (const lang::Stmt& s : p.stmts) {
     if (s.out < 0) continue;
     std::vector<const RefValue*> args;
-    std::vector<Shape> shapes;
+    std::vector<lang::ValueType> types;
     bool ok = true;
     for (int a : s.args) {
       ok = ok && ref.valid[static_cast<std::size_t>(a)];
       args.push_back(&ref.values[static_cast<std::size_t>(a)]);
-      shapes.push_back(ref.values[static_cast<std::size_t>(a)].shape);
+      types.push_back({ref.values[static_cast<std::size_t>(a)].shape, ref.values[static_cast<std::size_t>(a)].dtype});
     }
-    if (!ok || !lang::infer_shape(s, shapes)) continue;
+    if (!ok || !lang::infer_type(s, types)) continue;
     ref.values[static_cast<std::size_t>(s.out)] = evaluate(s, args);
     ref.valid[static_cast<std::size_t>(s.out)] = true;
   }
   return ref;
 }
 
-// A float32 result within its bound: NaN where the reference is a certain NaN; elements without a
-// bound are not checked. Returns "" or the first violation.
-inline std::string check_bounded(const std::vector<float>& got, const RefValue& want, double slack = 2.0) {
+// A result within its bound: NaN where the reference is a certain NaN; elements without a bound
+// are not checked. Returns "" or the first violation.
+inline std::string check_bounded(const std::vector<double>& got, const RefValue& want, double slack = 2.0) {
   if (got.size() != want.e.size()) return "size " + std::to_string(got.size()) + " vs " + std::to_string(want.e.size());
   for (std::size_t i = 0; i < got.size(); ++i) {
     const Bounded& b = want.e[i];
@@ -348,14 +646,53 @@ inline std::string check_bounded(const std::vector<float>& got, const RefValue& 
   }
   return "";
 }
+inline std::string check_bounded(const std::vector<float>& got, const RefValue& want, double slack = 2.0) {
+  return check_bounded(std::vector<double>(got.begin(), got.end()), want, slack);
+}
+
+// An observation as the reference says: the outcome, the dtype, and the values within their bounds
+// (integers exactly).
+inline std::string check_observation(const lang::Observation& o, const RefValue& want) {
+  if (want.outcome == Outcome::unknown) return "";
+  if (want.outcome == Outcome::out_of_range)
+    return o.outcome == "out_of_range" ? "" : "expected out_of_range, got " + o.outcome + " " + o.message;
+  if (o.outcome != "ok") return "failed: " + o.outcome + ": " + o.message;
+  if (o.dtype != want.dtype) return std::string("dtype ") + dtype_name(o.dtype) + ", want " + dtype_name(want.dtype);
+  if (!o.exact.empty()) return check_bounded(std::vector<double>(o.exact.begin(), o.exact.end()), want);
+  return check_bounded(o.values, want);
+}
 
 // ------------------------------------------------------------------------------------------------
 // The generator.
 
 struct GenOptions {
   int min_ops = 4, max_ops = 24;
-  bool directives = true;  // mode/stream/fusion/graphs/wait/wait_all/drop statements
+  bool directives = true;     // mode/stream/fusion/graphs/wait/wait_all/drop statements
+  bool low_precision = true;  // f16/bf16 chains and operands
+  bool bad_indices = true;    // now and then an index op with indices out of range
 };
+
+// The op table's rows the generator draws from, by their columns (tests/support/one_op.hpp has the
+// math rows: kUnaryOps, kBinaryOps, kScalarOps).
+namespace rows {
+using kernels::ElementwiseInfo;
+using kernels::OpData;
+using kernels::OpResult;
+inline const std::vector<ElementwiseOp> kTwoScalarOps =
+    ops_where([](const ElementwiseInfo& i) { return i.tensors == 1 && i.scalars == 2 && i.data == OpData::floating; });
+inline const std::vector<ElementwiseOp> kComparisons =
+    ops_where([](const ElementwiseInfo& i) { return i.result == OpResult::boolean && i.tensors == 2; });
+inline const std::vector<ElementwiseOp> kScalarComparisons =
+    ops_where([](const ElementwiseInfo& i) { return i.result == OpResult::boolean && i.tensors == 1 && i.scalars == 1; });
+// where and masked_fill: the rows with a condition operand.
+inline const std::vector<ElementwiseOp> kSelections = [] {
+  std::vector<ElementwiseOp> ops;
+  for (unsigned i = 0; i < kernels::kElementwiseOpCount; ++i)
+    if (kernels::condition_operand(static_cast<ElementwiseOp>(i)) >= 0) ops.push_back(static_cast<ElementwiseOp>(i));
+  return ops;
+}();
+inline const ElementwiseOp kCast = ops_where([](const ElementwiseInfo& i) { return i.result == OpResult::cast; }).at(0);
+}  // namespace rows
 
 class GraphGenerator {
  public:
@@ -363,7 +700,10 @@ class GraphGenerator {
 
   lang::Program generate() {
     const int leaves = pick(1, 3);
-    for (int i = 0; i < leaves; ++i) leaf(random_shape(), chance(0.3));
+    for (int i = 0; i < leaves; ++i) {
+      const Shape shape = random_shape();  // draws in a fixed order: the same program from any compiler
+      leaf(shape, chance(0.3));
+    }
     const int ops = pick(o_.min_ops, o_.max_ops);
     for (int i = 0; i < ops; ++i) {
       if (o_.directives && chance(0.35)) directive();
@@ -373,6 +713,7 @@ class GraphGenerator {
   }
 
  private:
+  using E = kernels::ElementwiseOp;
   struct Val {
     int id;
     RefValue ref;
@@ -380,11 +721,30 @@ class GraphGenerator {
 
   bool chance(double p) { return std::uniform_real_distribution<double>(0, 1)(rng_) < p; }
   int pick(int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng_); }
-  const Val& any() {
-    // Recent values more often: deep chains, yet older ones too: shared subexpressions.
-    const int n = static_cast<int>(vals_.size());
-    const int i = chance(0.6) ? std::max(0, n - 1 - pick(0, 2)) : pick(0, n - 1);
-    return vals_[static_cast<std::size_t>(i)];
+  template <class T>
+  T pick_of(const std::vector<T>& v) { return v[static_cast<std::size_t>(pick(0, static_cast<int>(v.size()) - 1))]; }
+
+  // A value satisfying pred: recent values more often (deep chains), yet older ones too (shared
+  // subexpressions); -1 if there is none.
+  template <class Pred>
+  int any_where(Pred pred) {
+    std::vector<int> fit;
+    for (const Val& v : vals_)
+      if (pred(v.ref)) fit.push_back(v.id);
+    if (fit.empty()) return -1;
+    const int n = static_cast<int>(fit.size());
+    return fit[static_cast<std::size_t>(chance(0.6) ? std::max(0, n - 1 - pick(0, 2)) : pick(0, n - 1))];
+  }
+  int any() { return any_where([](const RefValue&) { return true; }); }
+  // A floating value (f32 mostly: most values are), or a new f32 leaf.
+  int floating() {
+    const int id = any_where([](const RefValue& r) { return is_floating(r.dtype); });
+    return id >= 0 ? id : leaf(random_shape(), false);
+  }
+  const RefValue& ref(int id) const {
+    for (const Val& v : vals_)
+      if (v.id == id) return v.ref;
+    return vals_.front().ref;
   }
 
   Shape random_shape() {
@@ -393,37 +753,40 @@ class GraphGenerator {
     return s;
   }
 
-  double min_abs(const RefValue& r) {
+  static double min_abs(const RefValue& r) {
     double m = std::numeric_limits<double>::infinity();
     for (const Bounded& b : r.e) m = std::min(m, b.ok ? std::fabs(b.v) - b.err : 0.0);
     return m;
   }
-  double min_val(const RefValue& r) {
+  static double min_val(const RefValue& r) {
     double m = std::numeric_limits<double>::infinity();
     for (const Bounded& b : r.e) m = std::min(m, b.ok ? b.v - b.err : -1.0);
     return m;
   }
-  double max_abs(const RefValue& r) {
+  static double max_abs(const RefValue& r) {
     double m = 0;
     for (const Bounded& b : r.e) m = std::max(m, b.ok ? std::fabs(b.v) + b.err : 1e30);
     return m;
   }
 
+  // ---- emitting statements --------------------------------------------------------------------
+
   int emit(lang::Stmt s) {
     std::vector<const RefValue*> args;
-    for (int a : s.args) args.push_back(&value(a).ref);
+    for (int a : s.args) args.push_back(&ref(a));
     s.out = static_cast<int>(p_.names.size());
-    p_.names.push_back("v" + std::to_string(s.out));
+    p_.names.push_back(std::string("v").append(std::to_string(s.out)));
     s.line = static_cast<int>(p_.stmts.size()) + 1;
     RefValue r = evaluate(s, args);
     p_.stmts.push_back(s);
     vals_.push_back(Val{s.out, std::move(r)});
     return s.out;
   }
-  const Val& value(int id) {
-    for (const Val& v : vals_)
-      if (v.id == id) return v;
-    return vals_.front();
+  // s if the rules accept it (shapes the generator did not arrange), else nothing: -1.
+  int emit_if_valid(const lang::Stmt& s) {
+    std::vector<lang::ValueType> types;
+    for (int a : s.args) types.push_back({ref(a).shape, ref(a).dtype});
+    return lang::infer_type(s, types) ? emit(s) : -1;
   }
 
   int leaf(const Shape& shape, bool positive) {
@@ -433,28 +796,60 @@ class GraphGenerator {
     s.shape = shape;
     return emit(s);
   }
-  int unary(lang::Unary u, int a) {
+  int ids(const Shape& shape, int64_t maxval) {
     lang::Stmt s;
-    s.kind = lang::Kind::unary;
-    s.unary = u;
-    s.args = {a};
+    s.kind = lang::Kind::ids;
+    s.seed = leaf_seed_++;
+    s.maxval = maxval;
+    s.shape = shape;
     return emit(s);
   }
-  int scalar(lang::Binary b, int a, float x) {
+  int mask(const Shape& shape) {
     lang::Stmt s;
-    s.kind = lang::Kind::scalar;
-    s.binary = b;
-    s.args = {a};
-    s.scalar = x;
+    s.kind = lang::Kind::mask;
+    s.seed = leaf_seed_++;
+    s.shape = shape;
     return emit(s);
   }
-  // A value of the same shape whose elements are all >= 0.5: abs(x) + 0.5.
+  int arange(int64_t end, DType t) {
+    lang::Stmt s;
+    s.kind = lang::Kind::arange;
+    s.shape = {end};
+    s.dtype = t;
+    return emit(s);
+  }
+  // A fresh leaf of any dtype: f32 values cast to f16/bf16, small ids, masks.
+  int leaf_of(DType t, const Shape& shape) {
+    if (!o_.low_precision && (t == DType::f16 || t == DType::bf16)) t = DType::f32;
+    if (t == DType::boolean) return mask(shape);
+    if (is_integer(t)) return cast(ids(shape, 8), t);
+    return cast(leaf(shape, false), t);
+  }
+
+  int ew(E op, std::vector<int> args, float s0 = 0.f, float s1 = 0.f) {
+    lang::Stmt s;
+    s.kind = lang::Kind::elementwise;
+    s.op = op;
+    s.args = std::move(args);
+    s.scalars = {s0, s1};
+    return emit(s);
+  }
+  int cast(int a, DType t) {
+    if (ref(a).dtype == t) return a;
+    lang::Stmt s;
+    s.kind = lang::Kind::elementwise;
+    s.op = rows::kCast;
+    s.args = {a};
+    s.dtype = t;
+    return emit(s);
+  }
+  // A value of the same shape and dtype whose elements are all >= 0.5: abs(x) + 0.5.
   int positive(int a) {
-    if (min_val(value(a).ref) >= 0.25) return a;
-    return scalar(lang::Binary::add, unary(lang::Unary::abs, a), 0.5f);
+    if (min_val(ref(a)) >= 0.25) return a;
+    return ew(E::add_scalar, {ew(E::abs, {a})}, 0.5f);
   }
   // Bounded magnitudes keep exp and long products finite.
-  int tame(int a) { return max_abs(value(a).ref) <= 8 ? a : unary(lang::Unary::tanh, a); }
+  int tame(int a) { return max_abs(ref(a)) <= 8 ? a : ew(E::tanh, {a}); }
 
   // A shape that broadcasts with `s`: some dims set to 1, maybe leading dims dropped.
   Shape broadcast_partner(const Shape& s) {
@@ -465,116 +860,247 @@ class GraphGenerator {
     if (t.size() == s.size() && t.size() < 3 && chance(0.15)) t.insert(t.begin(), pick(2, 3));  // a new leading dim
     return t;
   }
+  // A value of dtype t that broadcasts with `a`: an existing one when one fits, else a fresh leaf.
+  int partner(int a, DType t) {
+    const Shape sa = ref(a).shape;
+    for (int tries = 0; tries < 4; ++tries) {
+      const int c = any_where([&](const RefValue& r) { return r.dtype == t; });
+      if (c < 0) break;
+      lang::Stmt probe;
+      probe.kind = lang::Kind::elementwise;
+      probe.op = E::add;
+      if (lang::infer_type(probe, {{sa, DType::f32}, {ref(c).shape, DType::f32}}) && chance(0.7)) return c;
+    }
+    return leaf_of(t, broadcast_partner(sa));
+  }
 
-  void op() {
-    const Val& a = any();
-    const int ida = a.id;
-    const Shape sa = a.ref.shape;
-    switch (pick(0, 10)) {
+  // ---- ops on a given floating operand ------------------------------------------------------------
+
+  int unary_on(int a) {
+    const E u = pick_of(kUnaryOps);
+    if (u == E::log || u == E::sqrt || u == E::rsqrt) return ew(u, {positive(a)});
+    if (u == E::exp) return ew(u, {tame(a)});
+    return ew(u, {a});
+  }
+  int binary_on(int a) {
+    const E b = pick_of(kBinaryOps);
+    int x = a, y = partner(a, ref(a).dtype);
+    if (chance(0.5)) std::swap(x, y);
+    if (b == E::div && min_abs(ref(y)) < 0.25) y = positive(y);
+    if (b == E::mul) {
+      x = tame(x);
+      y = tame(y);
+    }
+    return ew(b, {x, y});
+  }
+  int scalar_on(int a) {
+    if (chance(0.15)) {  // clamp, sometimes with lo > hi
+      const float lo = static_cast<float>(pick(-12, 4)) / 8.f, hi = chance(0.9) ? lo + static_cast<float>(pick(1, 16)) / 8.f : lo - 0.5f;
+      return ew(pick_of(rows::kTwoScalarOps), {a}, lo, hi);
+    }
+    const E op = pick_of(kScalarOps);
+    if (op == E::pow_scalar) return ew(op, {positive(tame(a))}, pick_of(std::vector<float>{0.5f, 2.f, 3.f, -1.f, 1.5f, 0.f}));
+    const float x = std::uniform_real_distribution<float>(0.5f, 3.f)(rng_) * (chance(0.5) ? -1.f : 1.f);
+    return ew(op, {op == E::mul_scalar ? tame(a) : a}, x);
+  }
+  int math_on(int a) {
+    switch (pick(0, 5)) {
       case 0:
-      case 1: {  // unary
-        const auto u = static_cast<lang::Unary>(pick(0, 10));
-        if (u == lang::Unary::log || u == lang::Unary::sqrt) unary(u, positive(ida));
-        else if (u == lang::Unary::exp) unary(u, tame(ida));
-        else unary(u, ida);
-        return;
-      }
+      case 1: return unary_on(a);
       case 2:
       case 3:
-      case 4: {  // binary, broadcasting, with an existing value when one fits
-        const auto b = static_cast<lang::Binary>(pick(0, 5));
-        int idb = -1;
-        for (int tries = 0; tries < 4 && idb < 0; ++tries) {
-          const Val& c = any();
-          lang::Stmt probe;
-          probe.kind = lang::Kind::binary;
-          if (lang::infer_shape(probe, {sa, c.ref.shape}) && chance(0.7)) idb = c.id;
-        }
-        if (idb < 0) idb = leaf(broadcast_partner(sa), false);
-        int x = ida, y = idb;
-        if (chance(0.5)) std::swap(x, y);
-        if (b == lang::Binary::div && min_abs(value(y).ref) < 0.25) y = positive(y);
-        if (b == lang::Binary::mul) {
-          x = tame(x);
-          y = tame(y);
-        }
+      case 4: return binary_on(a);
+      default: return scalar_on(a);
+    }
+  }
+
+  // ---- the kinds of step ----------------------------------------------------------------------
+
+  void op() {
+    switch (pick(0, 16)) {
+      case 0:
+      case 1:
+      case 2:
+      case 3:
+      case 4:
+      case 5: math_on(floating()); return;
+      case 6: reduction(); return;
+      case 7: softmax(); return;
+      case 8: layer_norm(); return;
+      case 9: matmul(); return;
+      case 10: transpose(); return;
+      case 11:
+      case 12: comparison_and_selection(); return;
+      case 13:
+      case 14: low_precision_chain(); return;
+      default: index_op(); return;
+    }
+  }
+
+  void reduction() {
+    const int a = floating();
+    const Shape& sa = ref(a).shape;
+    if (sa.empty()) return;
+    lang::Stmt s;
+    s.kind = lang::Kind::reduce;
+    s.reduce = static_cast<kernels::ReduceOp>(pick(0, static_cast<int>(kernels::kReduceOpCount) - 1));
+    s.dim = pick(-static_cast<int>(sa.size()), static_cast<int>(sa.size()) - 1);
+    s.keepdim = chance(0.4);
+    s.args = {a};
+    emit_if_valid(s);
+  }
+
+  void softmax() {
+    const int a = floating();
+    if (ref(a).shape.empty()) return;
+    lang::Stmt s;
+    s.kind = lang::Kind::softmax;
+    s.dim = pick(-static_cast<int>(ref(a).shape.size()), static_cast<int>(ref(a).shape.size()) - 1);
+    s.args = {a};
+    emit(s);
+  }
+
+  // layer_norm with fresh gamma and beta of x's dtype.
+  void layer_norm() {
+    const int a = tame(floating());
+    if (ref(a).shape.empty()) return;
+    const DType t = ref(a).dtype;
+    const Shape last{ref(a).shape.back()};
+    lang::Stmt s;
+    s.kind = lang::Kind::layer_norm;
+    s.args = {a, cast(leaf(last, true), t), cast(leaf(last, false), t)};
+    s.scalars[0] = chance(0.5) ? 1e-5f : 1e-3f;
+    emit(s);
+  }
+
+  // [m,k] or [b,m,k] times a fresh or existing [k,n] / [b,k,n] of the same dtype.
+  void matmul() {
+    const int a = floating();
+    const Shape sa = ref(a).shape;
+    const DType t = ref(a).dtype;
+    lang::Stmt s;
+    s.kind = lang::Kind::matmul;
+    if (sa.size() < 2 || sa.size() > 3) {
+      if (sa.size() >= 2) return;
+      const Shape s2{pick(1, 6), pick(1, 8)};
+      s.args = {leaf_of(t, s2), leaf_of(t, {s2[1], pick(1, 6)})};
+      emit(s);
+      return;
+    }
+    Shape sb{sa.back(), pick(1, 7)};
+    if (sa.size() == 3 && chance(0.5)) sb.insert(sb.begin(), sa[0]);
+    int b = any_where([&](const RefValue& r) { return r.shape == sb && r.dtype == t && chance(0.5); });
+    if (b < 0) b = leaf_of(t, sb);
+    s.args = {tame(a), tame(b)};
+    emit(s);
+  }
+
+  void transpose() {  // any dtype
+    const int a = any();
+    if (ref(a).shape.size() < 2) return;
+    lang::Stmt s;
+    s.kind = lang::Kind::transpose;
+    s.args = {a};
+    emit(s);
+  }
+
+  // A comparison (of any dtype but a boolean with a scalar), then often a selection by it: a row
+  // with a condition operand (where, masked_fill) gets the comparison there, a value and partners
+  // of its dtype as the data operands, and a fill value as its scalar.
+  void comparison_and_selection() {
+    const int a = any();
+    const DType t = ref(a).dtype;
+    int cond = -1;
+    if (t == DType::boolean || chance(0.4)) {
+      cond = ew(pick_of(rows::kComparisons), {a, partner(a, t)});
+    } else {
+      const float threshold = is_floating(t) ? static_cast<float>(pick(-12, 12)) / 8.f : static_cast<float>(pick(0, 6));
+      cond = ew(pick_of(rows::kScalarComparisons), {a}, threshold);
+    }
+    if (chance(0.3)) return;
+    lang::Stmt s;
+    s.kind = lang::Kind::elementwise;
+    s.op = pick_of(rows::kSelections);
+    const kernels::ElementwiseInfo& info = kernels::info(s.op);
+    const int x = chance(0.5) ? floating() : any();
+    bool first_data = true;
+    for (int k = 0; k < info.tensors; ++k) {
+      if (k == kernels::condition_operand(s.op)) s.args.push_back(cond);
+      else s.args.push_back(first_data ? x : partner(x, ref(x).dtype));
+      if (k != kernels::condition_operand(s.op)) first_data = false;
+    }
+    for (int k = 0; k < info.scalars; ++k) s.scalars[static_cast<std::size_t>(k)] = pick_of(std::vector<float>{-1e4f, 0.f, 2.5f, -0.75f});
+    emit_if_valid(s);
+  }
+
+  // An f16/bf16 variant of a chain: cast in, a few math ops in that dtype, usually cast out.
+  void low_precision_chain() {
+    if (!o_.low_precision) return;
+    const DType t = chance(0.5) ? DType::f16 : DType::bf16;
+    int x = cast(tame(floating()), t);
+    for (int k = pick(1, 3); k > 0; --k) x = math_on(x);
+    if (chance(0.7)) cast(x, DType::f32);
+  }
+
+  // index_select or embedding; the indices are valid mostly, out of range now and then.
+  void index_op() {
+    if (chance(0.5)) return index_select();
+    return embedding();
+  }
+
+  // A 1-D index of k entries for a dim of extent n.
+  int index_for(int64_t n, int64_t k) {
+    const DType t = chance(0.3) ? DType::i32 : DType::i64;
+    if (n == 0 && !o_.bad_indices) k = 0;  // every index of an empty dim is out of range
+    if (o_.bad_indices && chance(0.08)) return cast(ids({k}, chance(0.5) ? -pick(1, 4) : n + pick(1, 3)), t);  // out of range
+    if (chance(0.2) && k <= n) return arange(k, t);
+    return cast(ids({k}, std::max<int64_t>(n, 1)), t);
+  }
+
+  void index_select() {
+    const int a = any_where([](const RefValue& r) { return !r.shape.empty(); });
+    if (a < 0) return;
+    const Shape sa = ref(a).shape;
+    const int dim = pick(0, static_cast<int>(sa.size()) - 1);
+    int index = -1;
+    // Sometimes the index is an argmax over a dim no longer than this one: in range, maybe unsure.
+    if (chance(0.2)) {
+      const int v = any_where([&](const RefValue& r) {
+        return is_floating(r.dtype) && r.shape.size() == 2 && r.shape[1] >= 1 && r.shape[1] <= sa[static_cast<std::size_t>(dim)];
+      });
+      if (v >= 0) {
         lang::Stmt s;
-        s.kind = lang::Kind::binary;
-        s.binary = b;
-        s.args = {x, y};
-        emit(s);
-        return;
-      }
-      case 5: {  // scalar
-        const auto b = static_cast<lang::Binary>(pick(0, 3));
-        float x = std::uniform_real_distribution<float>(0.5f, 3.f)(rng_) * (chance(0.5) ? -1.f : 1.f);
-        scalar(b, b == lang::Binary::mul ? tame(ida) : ida, x);
-        return;
-      }
-      case 6: {  // reductions
-        if (sa.empty()) return;
-        lang::Stmt s;
-        s.kind = static_cast<lang::Kind>(static_cast<int>(lang::Kind::sum) + pick(0, 2));
-        s.dim = pick(-static_cast<int>(sa.size()), static_cast<int>(sa.size()) - 1);
-        s.keepdim = chance(0.4);
-        s.args = {ida};
-        if (!lang::infer_shape(s, {sa})) return;
-        emit(s);
-        return;
-      }
-      case 7: {  // softmax
-        if (sa.empty()) return;
-        lang::Stmt s;
-        s.kind = lang::Kind::softmax;
-        s.dim = pick(-static_cast<int>(sa.size()), static_cast<int>(sa.size()) - 1);
-        s.args = {ida};
-        emit(s);
-        return;
-      }
-      case 8: {  // layer_norm with fresh or existing gamma and beta
-        if (sa.empty()) return;
-        const Shape last{sa.back()};
-        const int g = leaf(last, true), b = leaf(last, false);
-        lang::Stmt s;
-        s.kind = lang::Kind::layer_norm;
-        s.args = {tame(ida), g, b};
-        s.scalar = chance(0.5) ? 1e-5f : 1e-3f;
-        emit(s);
-        return;
-      }
-      case 9: {  // matmul: [m,k] or [b,m,k] times a fresh or existing [k,n] / [b,k,n]
-        if (sa.size() < 2 || sa.size() > 3) {
-          if (sa.size() >= 2) return;
-          Shape s2{pick(1, 6), pick(1, 8)};
-          const int x = leaf(s2, false);
-          lang::Stmt t;
-          t.kind = lang::Kind::matmul;
-          t.args = {x, leaf({s2[1], pick(1, 6)}, false)};
-          emit(t);
-          return;
-        }
-        const int64_t k = sa.back();
-        Shape sb{k, pick(1, 7)};
-        if (sa.size() == 3 && chance(0.5)) sb.insert(sb.begin(), sa[0]);
-        int idb = -1;
-        for (const Val& v : vals_)
-          if (v.ref.shape == sb && chance(0.5)) idb = v.id;
-        if (idb < 0) idb = leaf(sb, false);
-        lang::Stmt t;
-        t.kind = lang::Kind::matmul;
-        t.args = {tame(ida), tame(idb)};
-        emit(t);
-        return;
-      }
-      case 10: {  // transpose
-        if (sa.size() < 2) return;
-        lang::Stmt s;
-        s.kind = lang::Kind::transpose;
-        s.args = {ida};
-        emit(s);
-        return;
+        s.kind = lang::Kind::reduce;
+        s.reduce = kernels::ReduceOp::argmax;
+        s.dim = 1;
+        s.args = {v};
+        index = emit(s);
       }
     }
+    if (index < 0) index = index_for(sa[static_cast<std::size_t>(dim)], pick(0, 6));
+    lang::Stmt s;
+    s.kind = lang::Kind::index_select;
+    s.dim = chance(0.3) ? dim - static_cast<int>(sa.size()) : dim;
+    s.args = {a, index};
+    emit(s);
+  }
+
+  void embedding() {
+    int w = any_where([](const RefValue& r) { return r.shape.size() == 2 && r.shape[0] >= 1; });
+    if (w < 0 || chance(0.3)) {
+      const DType t = chance(0.7) ? DType::f32 : pick_of(std::vector<DType>{DType::f16, DType::bf16, DType::i64});
+      const int64_t vocab = pick(1, 8);
+      w = leaf_of(t, {vocab, pick(1, 6)});
+    }
+    const int64_t vocab = ref(w).shape[0];
+    Shape shape(static_cast<std::size_t>(pick(0, 2)));
+    for (auto& e : shape) e = pick(1, 5);
+    int id = o_.bad_indices && chance(0.08) ? ids(shape, chance(0.5) ? -2 : vocab + 2) : ids(shape, vocab);
+    if (chance(0.3)) id = cast(id, DType::i32);
+    lang::Stmt s;
+    s.kind = lang::Kind::embedding;
+    s.args = {w, id};
+    emit(s);
   }
 
   void directive() {
@@ -586,10 +1112,10 @@ class GraphGenerator {
       case 2: s.kind = lang::Kind::fusion; s.flag = chance(0.7); break;
       case 3: s.kind = lang::Kind::graphs; s.flag = chance(0.7); break;
       case 4:
-      case 5: s.kind = lang::Kind::wait; s.args = {any().id}; break;
+      case 5: s.kind = lang::Kind::wait; s.args = {any()}; break;
       case 6:
         s.kind = lang::Kind::wait_all;
-        for (int i = pick(1, 4); i > 0; --i) s.args.push_back(any().id);
+        for (int i = pick(1, 4); i > 0; --i) s.args.push_back(any());
         break;
       case 7:
         if (vals_.size() < 4) return;
@@ -607,11 +1133,12 @@ class GraphGenerator {
   std::vector<Val> vals_;
 };
 
-// The same program with every leaf drawn from another seed: the same structure and shapes (so a
-// replayed plan must serve it) with different values.
+// The same program with every random leaf drawn from another seed: the same structure and shapes
+// (so a replayed plan must serve it) with different values.
 inline lang::Program reseeded(lang::Program p, uint32_t salt) {
   for (lang::Stmt& s : p.stmts)
-    if (s.kind == lang::Kind::rand || s.kind == lang::Kind::pos) s.seed ^= salt * 0x9e3779b9u + 1u;
+    if (s.kind == lang::Kind::rand || s.kind == lang::Kind::pos || s.kind == lang::Kind::ids || s.kind == lang::Kind::mask)
+      s.seed ^= salt * 0x9e3779b9u + 1u;
   return p;
 }
 

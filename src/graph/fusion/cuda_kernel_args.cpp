@@ -106,9 +106,9 @@ CudaArgsInfo pack_cuda_args(const FusedProgram& program, const FusedLayout& layo
         constexpr std::int64_t kLimit = std::numeric_limits<std::int32_t>::max();
         std::int64_t max_offset = 0;
         for (int d = 0; d < layout.ndim && index32; ++d) {
-          const auto u = static_cast<std::size_t>(d);
-          const std::int64_t s = layout.strides[static_cast<std::size_t>(i)][u];
-          const std::int64_t extent = layout.shape[u];
+          const auto du = static_cast<std::size_t>(d);
+          const std::int64_t s = layout.strides[u][du];
+          const std::int64_t extent = layout.shape[du];
           if (extent <= 1) continue;
           if (s < 0 || (s > 0 && extent - 1 > (kLimit - max_offset) / s)) index32 = false;
           else max_offset += (extent - 1) * s;
