@@ -824,6 +824,17 @@ TEST_P(Dtypes, EmptyIndexGivesAnEmptyResult) {
   EXPECT_TRUE(to_vector(e).empty());
 }
 
+// Indices are checked even when the rows they pick are empty: the result has no elements, the
+// indices are still out of range.
+TEST_P(Dtypes, BadIndicesOfAnEmptyResultStillThrow) {
+  const Tensor empty_rows = from_vector({}, {0, 4}, dev_);
+  EXPECT_THROW(wait(index_select(empty_rows, 1, from_host<std::int64_t>({-1, 2}, {2}, dev_))), std::out_of_range);
+  EXPECT_EQ(wait(index_select(empty_rows, 1, from_host<std::int64_t>({3, 0}, {2}, dev_))).shape(), (Shape{0, 2}));
+  const Tensor no_columns = from_vector({}, {2, 0}, dev_);
+  EXPECT_THROW(wait(embedding(no_columns, from_host<std::int32_t>({1, 2}, {2}, dev_))), std::out_of_range);
+  EXPECT_EQ(wait(embedding(no_columns, from_host<std::int32_t>({1, 0}, {2}, dev_))).shape(), (Shape{2, 0}));
+}
+
 // ../shared/contract/api_dtypes.cpp calls embedding(x[2, 3], ids {2, 0}) and expects no error; row 2
 // of a 2-row weight is out of range by API.md section 9, which this follows (raised in the issue).
 TEST_P(Dtypes, ContractEmbeddingOfRowTwoOfATwoRowWeightIsOutOfRange) {
