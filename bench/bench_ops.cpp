@@ -1,4 +1,4 @@
-// Per-op EAGER vs DEFERRED timings of the tensor ops (API.md sections 5-6), side by side in one run.
+// Per-op EAGER vs DEFERRED timings of the tensor ops (docs/api.md sections 5-6), side by side in one run.
 //
 // Every case builds its op(s) on input tensors that already exist, then completes the work: a wait
 // on the result (which in deferred mode plans and launches the pending graph) and a synchronize of

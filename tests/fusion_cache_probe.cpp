@@ -6,12 +6,14 @@
 //   compiles=<n> disk_hits=<n> disk_writes=<n>
 //
 // CTest runs it twice with one fresh DEFER_CACHE_DIR: the first run must compile and write the
-// file, the second must read it and compile nothing (tests/CMakeLists.txt).
+// file (named by a hash of the generated source: FusedKernelCache::disk_file), the second must read
+// it and compile nothing (tests/CMakeLists.txt).
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
 #include <filesystem>
 #include <iostream>
+#include <string>
 
 #include "fusion/fused_program.hpp"
 #include "graph/fusion/cuda_codegen.hpp"
@@ -19,37 +21,50 @@
 
 namespace {
 
-using defer::kernels::BinaryOp;
+using defer::DType;
+using defer::kernels::ElementwiseOp;
 using defer::kernels::FusedInstr;
 using defer::kernels::FusedKind;
 using defer::kernels::FusedLayout;
 using defer::kernels::FusedProgram;
-using defer::kernels::UnaryOp;
 
 constexpr int kArch = 90;
 
-FusedInstr instr(FusedKind kind, std::uint8_t op, std::uint16_t a, std::uint16_t b) {
-  return FusedInstr{kind, op, a, b};
+FusedInstr load(std::uint16_t input) {
+  FusedInstr in;
+  in.kind = FusedKind::load;
+  in.a = input;
+  return in;
 }
-std::uint8_t op(UnaryOp u) { return static_cast<std::uint8_t>(u); }
-std::uint8_t op(BinaryOp b) { return static_cast<std::uint8_t>(b); }
+// op of values a (and b) and scalar s.
+FusedInstr op(ElementwiseOp o, std::uint16_t a, std::uint16_t b = 0, std::uint16_t s = 0) {
+  FusedInstr in;
+  in.kind = FusedKind::op;
+  in.op = o;
+  in.a = a;
+  in.b = b;
+  in.s = s;
+  return in;
+}
 
-// out = max(tanh(gelu(x + bias) * s0) + s1, x), with bias a row broadcast over the rows of x.
+// out = max(tanh(gelu(x + bias) * s0) + s1, x), with bias a row broadcast over the rows of x; all f32.
 FusedProgram representative_program() {
   FusedProgram p;
   p.num_inputs = 2;
   p.num_scalars = 2;
   p.code = {
-      instr(FusedKind::load, 0, 0, 0),                                // v0 = x
-      instr(FusedKind::load, 0, 1, 0),                                // v1 = bias (broadcast)
-      instr(FusedKind::binary, op(BinaryOp::add), 0, 1),              // v2 = v0 + v1
-      instr(FusedKind::unary, op(UnaryOp::gelu), 2, 0),               // v3 = gelu(v2)
-      instr(FusedKind::binary_scalar, op(BinaryOp::mul), 3, 0),       // v4 = v3 * s0
-      instr(FusedKind::unary, op(UnaryOp::tanh), 4, 0),               // v5 = tanh(v4)
-      instr(FusedKind::binary_scalar, op(BinaryOp::add), 5, 1),       // v6 = v5 + s1
-      instr(FusedKind::binary, op(BinaryOp::maximum), 6, 0),          // v7 = max(v6, v0)
+      load(0),                                   // v0 = x
+      load(1),                                   // v1 = bias (broadcast)
+      op(ElementwiseOp::add, 0, 1),              // v2 = v0 + v1
+      op(ElementwiseOp::gelu, 2),                // v3 = gelu(v2)
+      op(ElementwiseOp::mul_scalar, 3, 0, 0),    // v4 = v3 * s0
+      op(ElementwiseOp::tanh, 4),                // v5 = tanh(v4)
+      op(ElementwiseOp::add_scalar, 5, 0, 1),    // v6 = v5 + s1
+      op(ElementwiseOp::maximum, 6, 0),          // v7 = max(v6, v0)
   };
   p.outputs = {7};
+  p.input_dtypes = {DType::f32, DType::f32};
+  p.output_dtypes = {DType::f32};
   return p;
 }
 
@@ -78,14 +93,16 @@ int main() {
     }
     const FusedProgram program = representative_program();
     const FusedLayout layout = representative_layout();
-    const std::string key = defer::detail::cuda_kernel_key(program, layout);
+    const std::string key = defer::kernels::structure_key(program, layout);
     const defer::detail::CachedKernel& kernel = cache.get(key, kArch, program, layout);
     if (kernel.binary.ptx.empty()) {
       std::cerr << "fusion_cache_probe: the cached kernel has no PTX\n";
       return 3;
     }
     std::error_code ec;
-    const std::filesystem::path file = cache.disk_file(key, kArch);
+    // The disk file is named by the generated source (which embeds the math and spells every op).
+    const std::string source = defer::detail::generate_cuda_source(program, layout, kernel.name);
+    const std::filesystem::path file = cache.disk_file(source, kArch);
     if (!std::filesystem::is_regular_file(file, ec)) {
       std::cerr << "fusion_cache_probe: no disk file at " << file << "\n";
       return 4;

@@ -1,4 +1,4 @@
-// Await<T> (API.md section 4): one test (or more) per numbered semantic, the behaviours around
+// Await<T> (docs/api.md section 4): one test (or more) per numbered semantic, the behaviours around
 // them, and ports of PyTorch's own Await tests (test/jit/test_await.py). Everything runs on the CPU
 // backend, whose streams are asynchronous queues run by worker threads: ordering mistakes show up
 // as wrong values here without a GPU.

@@ -1,4 +1,4 @@
-// Devices, the CUDA probe and DEFER_DEVICE (API.md section 1).
+// Devices, the CUDA probe and DEFER_DEVICE (docs/api.md section 1).
 #include <gtest/gtest.h>
 
 #include <stdexcept>

@@ -1,4 +1,4 @@
-// Data types (API.md section 9): the dtype table, host round trips, arange and full, casts between
+// Data types (docs/api.md section 9): the dtype table, host round trips, arange and full, casts between
 // every pair of dtypes on special values (expectations written out, f16/bf16 computed without the
 // library), exhaustive f16/bf16 round trips, exact integer comparisons, where/masked_fill on every
 // dtype, dtype errors, f16/bf16 reductions, softmax, layer_norm and matmul, index_select and
@@ -836,7 +836,7 @@ TEST_P(Dtypes, BadIndicesOfAnEmptyResultStillThrow) {
 }
 
 // ../shared/contract/api_dtypes.cpp calls embedding(x[2, 3], ids {2, 0}) and expects no error; row 2
-// of a 2-row weight is out of range by API.md section 9, which this follows (raised in the issue).
+// of a 2-row weight is out of range by docs/api.md section 9, which this follows (raised in the issue).
 TEST_P(Dtypes, ContractEmbeddingOfRowTwoOfATwoRowWeightIsOutOfRange) {
   const Tensor x = from_vector({-1, 2, 3, 4, 5, 6}, {2, 3}, dev_);
   expect_throw<std::out_of_range>(

@@ -219,7 +219,7 @@ std::vector<std::uint64_t> bits(const Tensor& t) {
   return out;
 }
 
-// |got - want| <= rtol |want| + atol per the result's dtype (the bounds of API.md: 1e-5 for f32,
+// |got - want| <= rtol |want| + atol per the result's dtype (the bounds of docs/api.md: 1e-5 for f32,
 // 1e-2 for f16/bf16, the floor covering f16's subnormal steps); NaN must meet NaN and infinity the
 // same infinity; integers and booleans are exact.
 void expect_match(const R::Vec& got, const R::Vec& want, DType dtype, const std::string& what) {

@@ -187,8 +187,8 @@ TEST_P(Faults, EveryLaunchOfAWorkloadCanFail) {
   EXPECT_GE(runs, std::get<0>(GetParam()) ? 4 : 10) << "the workload should launch several kernels";
 }
 
-INSTANTIATE_TEST_SUITE_P(Modes, Faults, ::testing::Combine(::testing::Bool(), ::testing::Bool()), [](const auto& info) {
-  return std::string(std::get<0>(info.param) ? "fused" : "unfused") + (std::get<1>(info.param) ? "_wait_all" : "_wait");
+INSTANTIATE_TEST_SUITE_P(Modes, Faults, ::testing::Combine(::testing::Bool(), ::testing::Bool()), [](const auto& p) {
+  return std::string(std::get<0>(p.param) ? "fused" : "unfused") + (std::get<1>(p.param) ? "_wait_all" : "_wait");
 });
 
 TEST(FaultInjection, LaunchFailureNamesTheOpAndDisarmsItself) {

@@ -1,4 +1,4 @@
-// Property tests over random op graphs (tests/support/random_graph.hpp): every op of API.md
+// Property tests over random op graphs (tests/support/random_graph.hpp): every op of docs/api.md
 // sections 5 and 9 (every row of the op table, every reduction, casts between every dtype, index ops
 // with indices in and out of range), broadcasting, shared subexpressions, f16/bf16 chains, random
 // waits (wait and wait_all), several streams, eager and deferred mixed, fusion and graph replay

@@ -219,7 +219,7 @@ TEST_P(Replay, APlanWhoseReplayKeepsFailingRunsNormallyAndCorrectly) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, Replay, ::testing::Values(DeviceKind::cpu, DeviceKind::cuda),
-                         [](const auto& info) { return info.param == DeviceKind::cpu ? "cpu" : "cuda"; });
+                         [](const auto& p) { return p.param == DeviceKind::cpu ? "cpu" : "cuda"; });
 
 // A replay's completion event is recorded after its launch: a consumer on another stream waits for
 // the replayed work even while the producer stream is still busy with earlier work.

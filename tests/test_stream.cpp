@@ -1,9 +1,10 @@
-// Streams and events on both backends (API.md section 2). The CPU backend models CUDA streams as
+// Streams and events on both backends (docs/api.md section 2). The CPU backend models CUDA streams as
 // asynchronous in-order queues, so ordering bugs show up here without a GPU.
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <cstring>
 #include <stdexcept>
 #include <thread>
@@ -211,7 +212,10 @@ TEST(CudaStream, CrossStreamWaitOrdersTheConsumerAfterASlowProducer) {
   }();
   const auto t0 = Clock::now();
   kernels::cuda::busy_wait(200'000'000, static_cast<cudaStream_t>(a.native_handle()));  // 200 ms
-  kernels::cuda::fill(t.data_ptr(), static_cast<int64_t>(n), DType::f32, 3.5f, static_cast<cudaStream_t>(a.native_handle()));
+  const float value = 3.5f;
+  std::uint32_t bits = 0;
+  std::memcpy(&bits, &value, sizeof bits);
+  kernels::cuda::fill(t.data_ptr(), static_cast<int64_t>(n), sizeof(float), bits, static_cast<cudaStream_t>(a.native_handle()));
   b.wait(a.record());
   std::vector<float> host(n, 0.f);
   ASSERT_EQ(cudaMemcpyAsync(host.data(), t.data_ptr(), n * sizeof(float), cudaMemcpyDeviceToHost,

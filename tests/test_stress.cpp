@@ -141,4 +141,4 @@ TEST_P(Stress, ConcurrentFirstWaitsOfOneDeepGraphRunEachNodeOnce) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, Stress, ::testing::Values(DeviceKind::cpu, DeviceKind::cuda),
-                         [](const auto& info) { return info.param == DeviceKind::cpu ? "cpu" : "cuda"; });
+                         [](const auto& p) { return p.param == DeviceKind::cpu ? "cpu" : "cuda"; });

@@ -1,5 +1,5 @@
 #pragma once
-// Await<T> (API.md section 4): a deferred value after PyTorch's torch.jit._awaitable, made stream
+// Await<T> (docs/api.md section 4): a deferred value after PyTorch's torch.jit._awaitable, made stream
 // aware. awaitable(fn, args...) runs nothing; the first wait runs fn once, on the wait's stream, and
 // caches the value (or the exception); every later wait returns the very same object, ordered after
 // its producer by an event rather than by blocking the host.

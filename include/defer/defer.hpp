@@ -1,5 +1,5 @@
 #pragma once
-// The umbrella header: everything in API.md.
+// The umbrella header: everything in docs/api.md.
 #include <defer/await.hpp>
 #include <defer/device.hpp>
 #include <defer/errors.hpp>

@@ -1,5 +1,5 @@
 #pragma once
-// Devices (API.md section 1). A Device is a plain value naming where memory lives and work runs.
+// Devices (docs/api.md section 1). A Device is a plain value naming where memory lives and work runs.
 #include <string>
 
 namespace defer {

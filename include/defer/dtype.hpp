@@ -1,5 +1,5 @@
 #pragma once
-// Data types (API.md sections 3 and 9). One table lists every dtype with what varies per dtype; the
+// Data types (docs/api.md sections 3 and 9). One table lists every dtype with what varies per dtype; the
 // enum, dtype_size, dtype_name, the DLPack codes and the dtype dispatch of the kernels
 // (kernels/dtype_dispatch.hpp) are all generated from it, so adding a dtype is one row here plus
 // its storage type's conversions (kernels/elementwise_math.h). C++17: CUDA sources include it.
@@ -10,7 +10,7 @@ namespace defer {
 
 // X(name, C storage type, bytes, DLPack type code, DLPack bits, kind), kind: 0 floating, 1 integer,
 // 2 boolean. f16 (IEEE binary16) and bf16 are stored as their bit patterns; arithmetic on them is
-// done in f32 (API.md section 9) with the conversions of kernels/elementwise_math.h. DLPack codes:
+// done in f32 (docs/api.md section 9) with the conversions of kernels/elementwise_math.h. DLPack codes:
 // kDLInt 0, kDLUInt 1, kDLFloat 2, kDLBfloat 4, kDLBool 6.
 #define DEFER_DTYPE_TABLE(X)           \
   X(f32, float, 4, 2, 32, 0)           \

@@ -1,5 +1,5 @@
 #pragma once
-// The contract's exception hierarchy (API.md section 7). Bad arguments are std::invalid_argument,
+// The contract's exception hierarchy (docs/api.md section 7). Bad arguments are std::invalid_argument,
 // misuse of an empty Await is std::logic_error; everything that fails at run time derives from Error.
 #include <cstddef>
 #include <stdexcept>

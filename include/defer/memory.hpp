@@ -1,5 +1,5 @@
 #pragma once
-// The stream-ordered caching allocator's public face (API.md section 3).
+// The stream-ordered caching allocator's public face (docs/api.md section 3).
 #include <cstddef>
 
 #include <defer/device.hpp>

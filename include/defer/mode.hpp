@@ -1,5 +1,5 @@
 #pragma once
-// Deferred or eager execution of tensor ops (API.md section 6), per thread.
+// Deferred or eager execution of tensor ops (docs/api.md section 6), per thread.
 namespace defer {
 
 enum class Mode { deferred, eager };

@@ -1,11 +1,11 @@
 #pragma once
-// Tensor ops, deferred (API.md section 5). Each op checks shapes, dtypes and devices when it is
+// Tensor ops, deferred (docs/api.md section 5). Each op checks shapes, dtypes and devices when it is
 // called (std::invalid_argument naming the op and the shapes) and returns an Await<Tensor>. In the
 // default deferred mode nothing is launched until a result is waited; the wait then plans the
 // pending graph that result needs and launches it on the wait's stream. In eager mode
 // (ModeGuard(Mode::eager)) each op launches its kernel at once and returns a ready Await.
 //
-// Dtypes (API.md section 9): math ops take f32, f16 or bf16 and compute in f32, rounding once when
+// Dtypes (docs/api.md section 9): math ops take f32, f16 or bf16 and compute in f32, rounding once when
 // they store; the data operands of one op share one dtype; a scalar takes the tensor's dtype.
 // Comparisons, where, masked_fill, casts, transpose, index_select, embedding and to(Device) take
 // every dtype; on i32/i64 data comparisons, where and masked_fill are exact. An operand whose shape

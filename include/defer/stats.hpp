@@ -1,5 +1,5 @@
 #pragma once
-// Process-wide counters (API.md section 6).
+// Process-wide counters (docs/api.md section 6).
 #include <cstdint>
 
 namespace defer {

@@ -1,5 +1,5 @@
 #pragma once
-// Streams and events (API.md section 2). A stream is an in-order queue of asynchronous work on one
+// Streams and events (docs/api.md section 2). A stream is an in-order queue of asynchronous work on one
 // device: a cudaStream_t on CUDA, a queue run by its own worker thread on the CPU. Both backends
 // share the same semantics, so stream-ordering logic is exercised on machines without a GPU.
 #include <cstdint>

@@ -1,5 +1,5 @@
 #pragma once
-// Tensors (API.md section 3): a copyable handle to a dense, contiguous, row-major buffer on one
+// Tensors (docs/api.md section 3): a copyable handle to a dense, contiguous, row-major buffer on one
 // device. Copies share storage. Storage comes from the stream-ordered caching allocator.
 #include <cstddef>
 #include <cstdint>

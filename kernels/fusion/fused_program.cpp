@@ -111,7 +111,8 @@ void validate(const FusedProgram& program, const FusedLayout& layout) {
 
 // Grammar, one token per item: "n<inputs>s<scalars>d<ndim>:" (ndim 0 unless an input is strided),
 // per input its access ('f', 'u', 'g') and dtype code, then per instruction "L<input>" or
-// "O<op>.<a>.<b>.<c>.<s>" ("T<dtype>" after an op whose result is not f32), per output "=<value>.<dtype>", and for a reduction
+// "O<op>" with ".<value>" per operand and "s<scalar>" when it has scalars ("T<dtype>" after an op
+// whose result is not f32), per output "=<value>.<dtype>", and for a reduction
 // "R<op>.<value>" and 'r' when the reduced rows are contiguous (inner == 1) or 'c' when they are
 // columns.
 std::string structure_key(const FusedProgram& program, const FusedLayout& layout) {
@@ -140,11 +141,12 @@ std::string structure_key(const FusedProgram& program, const FusedLayout& layout
       put('L', in.a);
       continue;
     }
+    // Only the fields the op reads: programs that differ in unread fields generate the same source.
+    const ElementwiseInfo& op = info(in.op);
+    const std::uint16_t operands[] = {in.a, in.b, in.c};
     put('O', static_cast<int>(in.op));
-    put('.', in.a);
-    put('.', in.b);
-    put('.', in.c);
-    put('.', in.s);
+    for (int k = 0; k < op.tensors; ++k) put('.', operands[k]);
+    if (op.scalars > 0) put('s', in.s);
     if (in.dtype != DType::f32) put('T', static_cast<int>(in.dtype));
   }
   for (std::size_t j = 0; j < program.outputs.size(); ++j) {

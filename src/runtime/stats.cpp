@@ -1,4 +1,4 @@
-// The process-wide counters of API.md section 6. Relaxed atomics: they count, they order nothing.
+// The process-wide counters of docs/api.md section 6. Relaxed atomics: they count, they order nothing.
 #include <defer/stats.hpp>
 
 #include <defer/detail/stats_counters.hpp>

@@ -8,7 +8,7 @@
 // reductions, softmax, layer_norm and matmul) and adds its own rounding (a few units in the last
 // place of f32 for libm functions, n units for an n-term sum), then the rounding of storing the
 // result in its dtype (f16: 2^-11 relative, bf16: 2^-8; ops compute in f32 and round once when they
-// store, API.md section 9). Comparisons, casts to integers and argmax are exact where the operands'
+// store, docs/api.md section 9). Comparisons, casts to integers and argmax are exact where the operands'
 // intervals decide them. `ok` is false where the bound says nothing: an operand interval that
 // crosses a domain edge or a comparison's threshold, or magnitudes near the dtype's overflow. The
 // generator steers clear of those (log/sqrt/div only on operands away from 0, exp only of bounded
@@ -103,7 +103,7 @@ inline Bounded store(Bounded r, DType t) {
 }
 
 // A float to an integer dtype: truncated toward zero, saturated, NaN 0 (kernels/elementwise_math.h's
-// contract, API.md section 9).
+// contract, docs/api.md section 9).
 inline double truncate_to(double v, DType t) {
   if (std::isnan(v)) return 0;
   const double top = t == DType::i32 ? 0x1p31 : 0x1p63;
@@ -112,7 +112,7 @@ inline double truncate_to(double v, DType t) {
   return std::trunc(v);
 }
 
-// A scalar operand as the op uses it: the data's dtype (API.md section 9). Comparing boolean data
+// A scalar operand as the op uses it: the data's dtype (docs/api.md section 9). Comparing boolean data
 // with a scalar is not modelled (unreliable); masked_fill of boolean data stores the scalar != 0.
 inline Bounded scalar_as(double s, DType data) {
   if (is_integer(data)) return exact(truncate_to(s, data));
@@ -236,7 +236,7 @@ inline double wrap_i32(double v) {
   return static_cast<double>(static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(static_cast<int64_t>(v)))));
 }
 
-// to(x, t) for x of dtype `from` (API.md section 9); the store's rounding comes after.
+// to(x, t) for x of dtype `from` (docs/api.md section 9); the store's rounding comes after.
 inline Bounded cast(Bounded x, DType from, DType to) {
   if (!x.ok) return kUnreliable;
   if (is_integer(from) && is_integer(to)) return exact(to == DType::i32 ? wrap_i32(x.v) : x.v);

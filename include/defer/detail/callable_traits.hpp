@@ -1,7 +1,7 @@
 #pragma once
 // The declared parameter types of a callable, where it has exactly one signature (a function, a
 // function pointer, a lambda or functor with one non-template operator()). awaitable() uses them
-// for rule 2 of API.md: an Await argument is passed unchanged to a parameter that accepts the Await,
+// for rule 2 of docs/api.md: an Await argument is passed unchanged to a parameter that accepts the Await,
 // and waited first otherwise. Generic lambdas and overload sets have no single signature.
 #include <cstddef>
 #include <tuple>

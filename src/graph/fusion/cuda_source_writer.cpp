@@ -478,7 +478,10 @@ class SourceWriter {
   bool rows_vec4() const { return contiguous_rows() && inputs_.vec4_capable; }
 
   void vec4_fold(const std::string& indent) {
-    line(indent + "const long long base4 = base >> 2, len4 = a.len >> 2;");
+    bool flat = false;  // base4 addresses the flat inputs' vectors; without any, it is not declared
+    for (int i = 0; i < shape_.inputs; ++i)
+      flat = flat || (inputs_.used[static_cast<std::size_t>(i)] && inputs_.access[static_cast<std::size_t>(i)] == InputAccess::flat);
+    line(indent + (flat ? "const long long base4 = base >> 2, len4 = a.len >> 2;" : "const long long len4 = a.len >> 2;"));
     line(indent + "for (long long q = lane; q < len4; q += group) {");
     vector_loads(indent + "  ", "base4 + q");
     for (const char lane : {'x', 'y', 'z', 'w'}) {
