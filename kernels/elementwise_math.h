@@ -1,7 +1,7 @@
 // The math of every element-wise op, written once (C++17, host and device). Three compilers read
 // this file: the host compiler for the CPU kernels, nvcc for the CUDA kernels, and NVRTC, into whose
 // generated sources CMake embeds this very text (cmake/DeferEmbed.cmake,
-// src/graph/fusion/cuda_source_writer.cpp); the compiled-kernel disk cache is keyed by a hash of the
+// kernels/cuda/fused/cuda_source_writer.cpp); the compiled-kernel disk cache is keyed by a hash of the
 // generated source, this text included. So the CPU, the CUDA kernels and the fused CUDA
 // kernels compute each op with the same formula, and fused and unfused CUDA results agree bit for
 // bit by construction.

@@ -18,7 +18,7 @@
 // Operand roles: `where`'s first operand is a boolean condition and `masked_fill`'s second a
 // boolean mask (see condition_operand below); every other operand is data.
 // Never reorder rows for the disk cache's sake: op codes are not part of a cached kernel's key,
-// the generated source is (src/graph/fusion/kernel_cache.cpp).
+// the generated source is (kernels/cuda/fused/kernel_cache.cpp).
 #define DEFER_ELEMENTWISE_OPS(X)                                  \
   X(neg, neg, 1, 0, defer_neg, same, floating)                    \
   X(abs, abs, 1, 0, defer_abs, same, floating)                    \

@@ -16,8 +16,8 @@
 #include <string>
 
 #include "fusion/fused_program.hpp"
-#include "graph/fusion/cuda_codegen.hpp"
-#include "graph/fusion/kernel_cache.hpp"
+#include "cuda/fused/cuda_codegen.hpp"
+#include "cuda/fused/kernel_cache.hpp"
 
 namespace {
 

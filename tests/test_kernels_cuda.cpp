@@ -28,7 +28,7 @@
 #include "cuda/launch.hpp"
 #include "cuda/ops.hpp"
 #include "fusion/fused_program.hpp"
-#include "graph/fusion/cuda_fused_launch.hpp"
+#include "cuda/fused/cuda_fused_launch.hpp"
 #include "op_table.hpp"
 #include "reference.hpp"
 #include "runtime/cuda/cublas_handle.hpp"

@@ -3,7 +3,7 @@
 // checks the launch (DEFER_CUDA_CHECK) and never synchronizes. The current device must be the
 // stream's device (the CUDA backend guards it). f16 and bf16 data is loaded to f32, computed in f32
 // and rounded once on the store (kernels/dtype_dispatch.hpp). Element-wise ops are fused programs,
-// also when they run alone (src/graph/fusion/cuda_fused_launch.hpp).
+// also when they run alone (kernels/cuda/fused/cuda_fused_launch.hpp).
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 

@@ -8,7 +8,7 @@
 
 #include "cuda/launch.hpp"
 #include "cuda/ops.hpp"
-#include "graph/fusion/cuda_fused_launch.hpp"
+#include "cuda/fused/cuda_fused_launch.hpp"
 #include "runtime/backend.hpp"
 #include "runtime/cuda/cublas_handle.hpp"
 #include "runtime/cuda/cuda_check.hpp"

@@ -1,4 +1,4 @@
-#include "graph/fusion/kernel_cache.hpp"
+#include "cuda/fused/kernel_cache.hpp"
 
 #include <unistd.h>
 
@@ -7,7 +7,7 @@
 #include <string_view>
 #include <system_error>
 
-#include "graph/fusion/cuda_codegen.hpp"
+#include "cuda/fused/cuda_codegen.hpp"
 #include "runtime/cuda/cuda_check.hpp"
 
 namespace defer::detail {

@@ -22,7 +22,7 @@
 #include <unordered_map>
 
 #include "fusion/fused_program.hpp"
-#include "graph/fusion/nvrtc_compiler.hpp"
+#include "cuda/fused/nvrtc_compiler.hpp"
 
 namespace defer::detail {
 

@@ -6,7 +6,7 @@
 #include <stdexcept>
 #include <vector>
 
-#include "graph/fusion/cuda_codegen.hpp"
+#include "cuda/fused/cuda_codegen.hpp"
 
 namespace defer::detail {
 namespace {

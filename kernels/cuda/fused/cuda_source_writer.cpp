@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "graph/fusion/cuda_codegen.hpp"
+#include "cuda/fused/cuda_codegen.hpp"
 
 namespace defer::detail {
 namespace {
@@ -125,7 +125,7 @@ class SourceWriter {
   }
 
   void header() {
-    line("// defer: fused element-wise kernel generated at run time (src/graph/fusion/cuda_source_writer.cpp).");
+    line("// defer: fused element-wise kernel generated at run time (kernels/cuda/fused/cuda_source_writer.cpp).");
     line("// Only the program's structure is in this source: pointers, sizes, strides and scalar values");
     line("// are fields of the kernel's argument.");
     line("// Program (SSA, value i is defined by instruction i):");

@@ -1,4 +1,4 @@
-#include "graph/fusion/nvrtc_compiler.hpp"
+#include "cuda/fused/nvrtc_compiler.hpp"
 
 #include <nvrtc.h>
 

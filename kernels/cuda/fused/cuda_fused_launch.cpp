@@ -1,4 +1,4 @@
-#include "graph/fusion/cuda_fused_launch.hpp"
+#include "cuda/fused/cuda_fused_launch.hpp"
 
 #include <algorithm>
 #include <array>
@@ -7,8 +7,8 @@
 #include <cstdint>
 #include <string>
 
-#include "graph/fusion/cuda_codegen.hpp"
-#include "graph/fusion/kernel_cache.hpp"
+#include "cuda/fused/cuda_codegen.hpp"
+#include "cuda/fused/kernel_cache.hpp"
 #include "runtime/cuda/cuda_check.hpp"
 #include "runtime/cuda/cuda_device_guard.hpp"
 
