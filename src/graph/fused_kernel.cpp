@@ -14,7 +14,9 @@ FusedKernel single_op_kernel(const OpSpec& spec, const std::vector<TensorMeta>& 
   auto program = std::make_shared<kernels::FusedProgram>();
   std::vector<Shape> shapes;
   for (std::size_t i = 0; i < in.size(); ++i) {
-    program->code.push_back({kernels::FusedKind::load, spec.op, DType::f32, static_cast<std::uint16_t>(i)});
+    kernels::FusedInstr load;  // a load of input i
+    load.a = static_cast<std::uint16_t>(i);
+    program->code.push_back(load);
     program->input_dtypes.push_back(in[i].dtype);
     shapes.push_back(in[i].shape);
   }

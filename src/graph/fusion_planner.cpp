@@ -297,7 +297,9 @@ bool build_program(FusionGroup& group, const FusionPlan& plan) {
     const TensorMeta meta = meta_of(s);
     input_shapes.push_back(meta.shape);
     program->input_dtypes.push_back(meta.dtype);
-    program->code.push_back({kernels::FusedKind::load, ElementwiseOp::neg, DType::f32, input});
+    kernels::FusedInstr load;  // a load of the new input
+    load.a = input;
+    program->code.push_back(load);
     const auto v = static_cast<std::uint16_t>(program->code.size() - 1);
     value_of.emplace(s, v);
     return v;

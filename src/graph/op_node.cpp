@@ -2,8 +2,8 @@
 
 #include <stdexcept>
 
-#include "graph/executor.hpp"
 #include "dtype_dispatch.hpp"
+#include "graph/executor.hpp"
 #include "integer_elementwise.hpp"
 #include "runtime/stream_impl.hpp"
 

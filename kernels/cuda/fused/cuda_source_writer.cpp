@@ -236,8 +236,10 @@ class SourceWriter {
     }
   }
 
-  // The initializer of x for element i; `strided_offset(slot)` names a strided input's offset.
-  std::string x_init(const std::string& flat_index, bool strided_offsets) const {
+  // The initializer of x for one element: flat inputs at `flat_index`, uniform ones from u<i> (or
+  // u[i] when `uniform_array`, the reduce kernel's spelling), strided ones at their offsets o<slot>
+  // (0 when !strided_offsets: no strided input exists there), unused ones 0.
+  std::string x_init(const std::string& flat_index, bool strided_offsets, bool uniform_array = false) const {
     std::string s = "{";
     const int nin = std::max(1, shape_.inputs);
     for (int i = 0; i < nin; ++i) {
@@ -249,7 +251,7 @@ class SourceWriter {
       }
       switch (inputs_.access[u]) {
         case InputAccess::flat: s += "defer_in" + str(i) + "(a, " + flat_index + ")"; break;
-        case InputAccess::uniform: s += "u" + str(i); break;
+        case InputAccess::uniform: s += uniform_array ? "u[" + str(i) + "]" : "u" + str(i); break;
         case InputAccess::strided:
           s += strided_offsets ? "defer_in" + str(i) + "(a, o" + str(inputs_.strided_slot[u]) + ")" : "0.f";
           break;
@@ -427,32 +429,12 @@ class SourceWriter {
     line("template <class Index>");
     line("__device__ __forceinline__ float defer_value(const Args& a, const float* u, long long e) {");
     if (shape_.strided > 0) strided_offsets("e", "  ");
-    line("  const float x[" + str(std::max(1, shape_.inputs)) + "] = " + reduce_x_init() + ";");
+    line("  const float x[" + str(std::max(1, shape_.inputs)) + "] = " + x_init("e", true, true) + ";");
     line("  float y[1];");
     line("  defer_body(a, x, y);");
     line("  return y[0];");
     line("}");
     line("");
-  }
-
-  // x for defer_value: flat inputs at e, uniform ones from u, strided ones at their offsets.
-  std::string reduce_x_init() const {
-    std::string s = "{";
-    const int nin = std::max(1, shape_.inputs);
-    for (int i = 0; i < nin; ++i) {
-      if (i > 0) s += ", ";
-      const auto u = static_cast<std::size_t>(i);
-      if (i >= shape_.inputs || !inputs_.used[u]) {
-        s += "0.f";
-        continue;
-      }
-      switch (inputs_.access[u]) {
-        case InputAccess::flat: s += "defer_in" + str(i) + "(a, e)"; break;
-        case InputAccess::uniform: s += "u[" + str(i) + "]"; break;
-        case InputAccess::strided: s += "defer_in" + str(i) + "(a, o" + str(inputs_.strided_slot[u]) + ")"; break;
-      }
-    }
-    return s + "}";
   }
 
   // Folds elements base + k * step for k = first, first + stride, ... below a.len into acc, four
