@@ -360,7 +360,9 @@ void run_fused(const FusedProgram& program, const FusedLayout& layout, const voi
   // workers only read the plan while this thread waits in parallel_for.
   thread_local Planner planner;
   const Plan& plan = planner.make(program, layout, inputs, outputs);
-  const i64 chunk = std::min(std::max<i64>(options.chunk, 1), n);
+  // A plan that works in place (contiguous f32 inputs and outputs, no intermediate buffer: a single
+  // op, typically) gains nothing from short chunks: each step runs over a whole task's range.
+  const i64 chunk = std::min(plan.buffers == 0 && plan.copies.empty() ? kTaskElements : std::max<i64>(options.chunk, 1), n);
   const i64 chunks = (n + chunk - 1) / chunk;
   const i64 stride = buffer_stride(chunk);
   const auto per_thread = static_cast<std::size_t>(plan.buffers) * static_cast<std::size_t>(stride);

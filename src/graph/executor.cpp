@@ -79,9 +79,7 @@ Tensor launch_integer(const OpSpec& spec, const std::vector<Tensor>& inputs, con
     pointers.push_back(t.data_ptr());
     dtypes.push_back(t.dtype());
   }
-  std::vector<TensorMeta> metas;
-  for (const Tensor& t : inputs) metas.push_back(TensorMeta{t.shape(), t.dtype(), t.device()});
-  const DType data = data_dtype(spec, metas);
+  const DType data = data_dtype(spec, inputs);
   auto layout = std::make_shared<kernels::FusedLayout>(make_fused_layout(out_meta.shape, shapes));
   backend_for(stream.device())
       .integer_elementwise(spec.op, std::move(layout), std::move(pointers), std::move(dtypes),
@@ -148,15 +146,10 @@ Tensor launch_op(const OpSpec& spec, const std::vector<Tensor>& inputs, const Te
   if (launch_log_enabled()) log_launch(spec, inputs, out_meta, stream, reason);
   if (spec.kind == OpKind::to_device) return copy_to_device(inputs[0], out_meta.shape, out_meta.device, stream);
   if (spec.kind == OpKind::elementwise) {
-    std::vector<TensorMeta> metas;
+    if (kernels::integer_path(spec.op, data_dtype(spec, inputs), out_meta.dtype)) return launch_integer(spec, inputs, out_meta, stream);
     std::vector<const Tensor*> in;
-    for (const Tensor& t : inputs) {
-      metas.push_back(TensorMeta{t.shape(), t.dtype(), t.device()});
-      in.push_back(&t);
-    }
-    if (!on_integer_path(spec, metas, out_meta))
-      return launch_fused(single_op_kernel(spec, metas, out_meta), in, stream, reason, /*log=*/false)[0];
-    return launch_integer(spec, inputs, out_meta, stream);
+    for (const Tensor& t : inputs) in.push_back(&t);
+    return launch_fused(single_op_kernel(spec, inputs, out_meta), in, stream, reason, /*log=*/false)[0];
   }
   Tensor out = allocate_tensor(out_meta.shape, out_meta.dtype, stream, op_name(spec).c_str());
   // Nothing to compute; but indices are checked even when the rows they pick are empty.

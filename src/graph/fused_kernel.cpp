@@ -1,6 +1,8 @@
 #include "graph/fused_kernel.hpp"
 
+#include <cstdint>
 #include <cstdio>
+#include <unordered_map>
 
 #include "graph/executor.hpp"
 #include "runtime/backend.hpp"
@@ -9,29 +11,46 @@
 
 namespace defer::detail {
 
-FusedKernel single_op_kernel(const OpSpec& spec, const std::vector<TensorMeta>& in, const TensorMeta& out) {
-  const kernels::ElementwiseInfo& info = kernels::info(spec.op);
+namespace {
+
+// The one-op program of an op over inputs of these dtypes. It depends on nothing else (shapes and
+// scalars are the layout's and the launch's), so each thread keeps the few it meets: a single op
+// then allocates no program, which matters for small tensors (launch-bound).
+std::shared_ptr<const kernels::FusedProgram> one_op_program(ElementwiseOp op, const std::vector<Tensor>& in, DType out) {
+  std::uint64_t key = static_cast<std::uint64_t>(op) << 8 | static_cast<std::uint64_t>(out);
+  for (const Tensor& t : in) key = key << 8 | static_cast<std::uint64_t>(t.dtype());
+  key = key << 4 | in.size();  // at most 3 inputs: 8 + 8 + 24 + 4 bits
+  thread_local std::unordered_map<std::uint64_t, std::shared_ptr<const kernels::FusedProgram>> cache;
+  auto [it, inserted] = cache.try_emplace(key);
+  if (!inserted) return it->second;
   auto program = std::make_shared<kernels::FusedProgram>();
-  std::vector<Shape> shapes;
   for (std::size_t i = 0; i < in.size(); ++i) {
     kernels::FusedInstr load;  // a load of input i
     load.a = static_cast<std::uint16_t>(i);
     program->code.push_back(load);
-    program->input_dtypes.push_back(in[i].dtype);
-    shapes.push_back(in[i].shape);
+    program->input_dtypes.push_back(in[i].dtype());
   }
-  kernels::FusedInstr op{kernels::FusedKind::op, spec.op, out.dtype, 0, 1, 2, 0};
-  program->code.push_back(op);
+  program->code.push_back({kernels::FusedKind::op, op, out, 0, 1, 2, 0});
   program->outputs.push_back(static_cast<std::uint16_t>(in.size()));
-  program->output_dtypes.push_back(out.dtype);
+  program->output_dtypes.push_back(out);
   program->num_inputs = static_cast<std::uint16_t>(in.size());
-  program->num_scalars = static_cast<std::uint16_t>(info.scalars);
+  program->num_scalars = static_cast<std::uint16_t>(kernels::info(op).scalars);
+  it->second = std::move(program);
+  return it->second;
+}
+
+}  // namespace
+
+FusedKernel single_op_kernel(const OpSpec& spec, const std::vector<Tensor>& in, const TensorMeta& out) {
+  std::vector<Shape> shapes;
+  shapes.reserve(in.size());
+  for (const Tensor& t : in) shapes.push_back(t.shape());
   FusedKernel kernel;
+  kernel.program = one_op_program(spec.op, in, out.dtype);
   kernel.layout = std::make_shared<kernels::FusedLayout>(make_fused_layout(out.shape, shapes));
-  kernel.program = std::move(program);
-  kernel.scalars = fused_scalars(spec, in);
+  kernel.scalars = fused_scalars(spec, data_dtype(spec, in));
   kernel.out_shape = out.shape;
-  kernel.ops = op_name(spec);
+  kernel.ops = short_name(spec);  // (launch_op logs a single op under its full name)
   kernel.op_count = 1;
   return kernel;
 }

@@ -15,16 +15,16 @@
 namespace defer::detail {
 
 struct FusedKernel {
-  std::shared_ptr<kernels::FusedProgram> program;
-  std::shared_ptr<kernels::FusedLayout> layout;
+  std::shared_ptr<const kernels::FusedProgram> program;
+  std::shared_ptr<const kernels::FusedLayout> layout;
   std::vector<float> scalars;
   Shape out_shape;  // the shape of every output
   std::string ops;  // the ops it computes, for DEFER_LOG
   int op_count = 0; // more than one: a fused kernel (Stats::fused_kernels)
 };
 
-// The kernel of one element-wise node with inputs like `in` and output `out`.
-FusedKernel single_op_kernel(const OpSpec& spec, const std::vector<TensorMeta>& in, const TensorMeta& out);
+// The kernel of one element-wise node over `in`, its output like `out`.
+FusedKernel single_op_kernel(const OpSpec& spec, const std::vector<Tensor>& in, const TensorMeta& out);
 
 // Allocates the kernel's outputs on `stream` and queues it, reading `inputs` (in the program's
 // input order, all on the stream's device and ordered on it). Counts the launch; logs it unless

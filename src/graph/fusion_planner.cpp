@@ -317,7 +317,7 @@ bool build_program(FusionGroup& group, const FusionPlan& plan) {
     const auto first_scalar = static_cast<std::uint16_t>(scalars.size());
     std::vector<TensorMeta> in;
     for (AwaitState<Tensor>* s : node->inputs()) in.push_back(meta_of(s));
-    const std::vector<float> own = fused_scalars(spec, in);
+    const std::vector<float> own = fused_scalars(spec, data_dtype(spec, in));
     scalars.insert(scalars.end(), own.begin(), own.end());
     // The result's dtype: every value is rounded as the node's own tensor would hold it.
     program->code.push_back({kernels::FusedKind::op, spec.op, plan.metas.at(node).dtype, operands[0], operands[1],

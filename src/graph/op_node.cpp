@@ -35,18 +35,22 @@ TensorMeta infer_meta(const OpSpec& spec, const std::vector<TensorMeta>& in) {
   throw std::logic_error("unknown op kind");
 }
 
+// The first operand that is not a condition.
 DType data_dtype(const OpSpec& spec, const std::vector<TensorMeta>& in) {
-  return in[kernels::condition_operand(spec.op) == 0 ? 1 : 0].dtype;  // the first operand that is not a condition
+  return in[kernels::condition_operand(spec.op) == 0 ? 1 : 0].dtype;
+}
+DType data_dtype(const OpSpec& spec, const std::vector<Tensor>& in) {
+  return in[kernels::condition_operand(spec.op) == 0 ? 1 : 0].dtype();
 }
 
 bool on_integer_path(const OpSpec& spec, const std::vector<TensorMeta>& in, const TensorMeta& out) {
   return spec.kind == OpKind::elementwise && kernels::integer_path(spec.op, data_dtype(spec, in), out.dtype);
 }
 
-std::vector<float> fused_scalars(const OpSpec& spec, const std::vector<TensorMeta>& in) {
+std::vector<float> fused_scalars(const OpSpec& spec, DType data) {
   const int count = kernels::info(spec.op).scalars;
   std::vector<float> scalars(spec.scalars, spec.scalars + count);
-  kernels::dispatch(data_dtype(spec, in), [&](auto tag) {
+  kernels::dispatch(data, [&](auto tag) {
     for (float& s : scalars) s = decltype(tag)::round(s);
   });
   return scalars;

@@ -36,12 +36,13 @@ const char* short_name(const OpSpec& spec) noexcept;  // "add", "sum", "to": nam
 TensorMeta infer_meta(const OpSpec& spec, const std::vector<TensorMeta>& in);
 // The dtype of an element-wise node's data (its first operand that is not a condition or mask).
 DType data_dtype(const OpSpec& spec, const std::vector<TensorMeta>& in);
+DType data_dtype(const OpSpec& spec, const std::vector<Tensor>& in);
 // An element-wise node on integer data that must run exactly in integers, unfused
 // (kernels/integer_elementwise.hpp); `in` and `out` as infer_meta's.
 bool on_integer_path(const OpSpec& spec, const std::vector<TensorMeta>& in, const TensorMeta& out);
 // An element-wise node's scalars as a fused program reads them: each takes the data's dtype (docs/api.md
 // section 9: rounded to f16 or bf16, 0 or 1 for boolean data).
-std::vector<float> fused_scalars(const OpSpec& spec, const std::vector<TensorMeta>& in);
+std::vector<float> fused_scalars(const OpSpec& spec, DType data);
 
 class OpNode final : public AwaitState<Tensor> {
  public:

@@ -91,6 +91,16 @@ TensorMeta elementwise_meta(kernels::ElementwiseOp op, DType cast_to, const std:
 }
 
 kernels::FusedLayout make_fused_layout(const Shape& out, const std::vector<Shape>& inputs) {
+  // The common case first: no input broadcast, one flat dim.
+  if (std::all_of(inputs.begin(), inputs.end(), [&](const Shape& s) { return s == out; })) {
+    kernels::FusedLayout flat;
+    int64_t n = 1;
+    for (int64_t e : out) n *= e;
+    flat.ndim = n == 1 ? 0 : 1;
+    flat.shape[0] = n;
+    flat.strides.assign(inputs.size(), {1});
+    return flat;
+  }
   const std::size_t rank = out.size();
   std::vector<std::vector<int64_t>> strides(inputs.size(), std::vector<int64_t>(rank, 0));
   for (std::size_t i = 0; i < inputs.size(); ++i) {
