@@ -25,6 +25,7 @@
 
 #include "op_table.hpp"
 #include "reference.hpp"
+#include "support/op_call.hpp"
 #include "support/one_op.hpp"
 #include "test_util.hpp"
 
@@ -71,29 +72,7 @@ std::vector<DType> targets(ElementwiseOp op, DType data) {
 // The op's PUBLIC function (include/defer/ops.hpp), generated from the table: `api` names the
 // function, `tensors` and `scalars` pick the overload, `result` == cast takes the target dtype.
 TensorAwait call(ElementwiseOp op, const std::vector<TensorAwait>& t, const std::vector<float>& s, DType cast_to) {
-#define CALL_1_0(api) defer::api(t.at(0))
-#define CALL_2_0(api) defer::api(t.at(0), t.at(1))
-#define CALL_3_0(api) defer::api(t.at(0), t.at(1), t.at(2))
-#define CALL_1_1(api) defer::api(t.at(0), s.at(0))
-#define CALL_1_2(api) defer::api(t.at(0), s.at(0), s.at(1))
-#define CALL_2_1(api) defer::api(t.at(0), t.at(1), s.at(0))
-#define CALL_same(api, tensors, scalars) CALL_##tensors##_##scalars(api)
-#define CALL_boolean(api, tensors, scalars) CALL_##tensors##_##scalars(api)
-#define CALL_cast(api, tensors, scalars) defer::api(t.at(0), cast_to)
-#define CALL_ROW(id, api, tensors, scalars, fn, result, data) \
-  case ElementwiseOp::id: return CALL_##result(api, tensors, scalars);
-  switch (op) { DEFER_ELEMENTWISE_OPS(CALL_ROW) }
-#undef CALL_ROW
-#undef CALL_cast
-#undef CALL_boolean
-#undef CALL_same
-#undef CALL_2_1
-#undef CALL_1_2
-#undef CALL_1_1
-#undef CALL_3_0
-#undef CALL_2_0
-#undef CALL_1_0
-  throw std::logic_error("unknown op code");
+  return defer::testing::call_public(op, t, s, cast_to);
 }
 
 // Random inputs of each row: a range where the op is defined and well conditioned (positive for

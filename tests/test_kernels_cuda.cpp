@@ -31,6 +31,7 @@
 #include "cuda/fused/cuda_fused_launch.hpp"
 #include "op_table.hpp"
 #include "reference.hpp"
+#include "support/op_call.hpp"
 #include "runtime/cuda/cublas_handle.hpp"
 #include "support/dtype_bytes.hpp"
 #include "support/one_op.hpp"
@@ -150,29 +151,7 @@ std::vector<float> as_dtype(DType t, std::vector<float> values) { return rounded
 // The op's PUBLIC function (include/defer/ops.hpp), generated from the op table: `api` names it,
 // `tensors` and `scalars` pick the overload, a cast takes the target dtype.
 TensorAwait call(ElementwiseOp op, const std::vector<TensorAwait>& t, const std::vector<float>& s, DType cast_to) {
-#define KC_CALL_1_0(api) defer::api(t.at(0))
-#define KC_CALL_2_0(api) defer::api(t.at(0), t.at(1))
-#define KC_CALL_3_0(api) defer::api(t.at(0), t.at(1), t.at(2))
-#define KC_CALL_1_1(api) defer::api(t.at(0), s.at(0))
-#define KC_CALL_1_2(api) defer::api(t.at(0), s.at(0), s.at(1))
-#define KC_CALL_2_1(api) defer::api(t.at(0), t.at(1), s.at(0))
-#define KC_CALL_same(api, tensors, scalars) KC_CALL_##tensors##_##scalars(api)
-#define KC_CALL_boolean(api, tensors, scalars) KC_CALL_##tensors##_##scalars(api)
-#define KC_CALL_cast(api, tensors, scalars) defer::api(t.at(0), cast_to)
-#define KC_CALL_ROW(id, api, tensors, scalars, fn, result, data) \
-  case ElementwiseOp::id: return KC_CALL_##result(api, tensors, scalars);
-  switch (op) { DEFER_ELEMENTWISE_OPS(KC_CALL_ROW) }
-#undef KC_CALL_ROW
-#undef KC_CALL_cast
-#undef KC_CALL_boolean
-#undef KC_CALL_same
-#undef KC_CALL_2_1
-#undef KC_CALL_1_2
-#undef KC_CALL_1_1
-#undef KC_CALL_3_0
-#undef KC_CALL_2_0
-#undef KC_CALL_1_0
-  throw std::logic_error("unknown op code");
+  return defer::testing::call_public(op, t, s, cast_to);
 }
 
 // Element values of t as double, exactly (i64 up to 2^53).

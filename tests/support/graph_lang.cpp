@@ -1,4 +1,5 @@
 #include "graph_lang.hpp"
+#include "op_call.hpp"
 
 #include <algorithm>
 #include <bit>
@@ -302,33 +303,10 @@ int64_t shape_numel(const Shape& s) {
   return n;
 }
 
-// The public function of an op-table row, called with the statement's operands, generated from the
-// table's columns (as src/graph/ops.cpp declares them): a row of a new arity is a build error here,
-// a new row a missing case of the switch (-Werror=switch).
+// The public function of an op-table row, called with the statement's operands
+// (tests/support/op_call.hpp).
 TensorAwait call_elementwise(const Stmt& st, const std::vector<TensorAwait>& a) {
-#define DEFER_LANG_CALL_1_0(api) defer::api(a[0])
-#define DEFER_LANG_CALL_2_0(api) defer::api(a[0], a[1])
-#define DEFER_LANG_CALL_3_0(api) defer::api(a[0], a[1], a[2])
-#define DEFER_LANG_CALL_1_1(api) defer::api(a[0], st.scalars[0])
-#define DEFER_LANG_CALL_1_2(api) defer::api(a[0], st.scalars[0], st.scalars[1])
-#define DEFER_LANG_CALL_2_1(api) defer::api(a[0], a[1], st.scalars[0])
-#define DEFER_LANG_CALL_same(api, T, S) DEFER_LANG_CALL_##T##_##S(api)
-#define DEFER_LANG_CALL_boolean(api, T, S) DEFER_LANG_CALL_##T##_##S(api)
-#define DEFER_LANG_CALL_cast(api, T, S) defer::api(a[0], st.dtype)
-#define DEFER_LANG_CASE(id, api, tensors, scalars, fn, result, data) \
-  case ElementwiseOp::id: return DEFER_LANG_CALL_##result(api, tensors, scalars);
-  switch (st.op) { DEFER_ELEMENTWISE_OPS(DEFER_LANG_CASE) }
-#undef DEFER_LANG_CASE
-#undef DEFER_LANG_CALL_cast
-#undef DEFER_LANG_CALL_boolean
-#undef DEFER_LANG_CALL_same
-#undef DEFER_LANG_CALL_2_1
-#undef DEFER_LANG_CALL_1_2
-#undef DEFER_LANG_CALL_1_1
-#undef DEFER_LANG_CALL_3_0
-#undef DEFER_LANG_CALL_2_0
-#undef DEFER_LANG_CALL_1_0
-  throw std::logic_error("graph_lang: not an op of the op table");
+  return testing::call_public(st.op, a, std::vector<float>(std::begin(st.scalars), std::end(st.scalars)), st.dtype);
 }
 
 // The reductions of the reduce table, by name.
