@@ -70,7 +70,8 @@ typedef long long defer_i64_t;
 typedef unsigned char defer_boolean_t;
 
 // IEEE binary16 <-> f32. f32 -> f16 rounds to nearest even; overflow gives infinity; NaN stays a
-// (quiet) NaN with its sign.
+// (quiet) NaN with its sign. The host forms are branch-free (every case computed, one selected), so
+// that loops over them vectorize.
 DEFER_MATH float defer_load_f16(defer_f16_t h) {
 #ifdef __CUDA_ARCH__
   float f;
@@ -80,12 +81,12 @@ DEFER_MATH float defer_load_f16(defer_f16_t h) {
   const unsigned int sign = (static_cast<unsigned int>(h) & 0x8000u) << 16;
   const unsigned int exponent = (h >> 10) & 0x1fu;
   const unsigned int mantissa = h & 0x3ffu;
-  if (exponent == 0x1fu) return defer_from_bits(sign | 0x7f800000u | (mantissa << 13));  // inf, NaN
-  if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24, exact in f32
-    const float magnitude = static_cast<float>(mantissa) * 5.9604644775390625e-8f;
-    return defer_from_bits(sign | defer_bits(magnitude));
-  }
-  return defer_from_bits(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+  // zero or subnormal: mantissa * 2^-24, exact in f32
+  const unsigned int tiny = defer_bits(static_cast<float>(mantissa) * 5.9604644775390625e-8f);
+  unsigned int u = ((exponent + 112u) << 23) | (mantissa << 13);
+  u = exponent == 0x1fu ? 0x7f800000u | (mantissa << 13) : u;  // inf, NaN
+  u = exponent == 0 ? tiny : u;
+  return defer_from_bits(sign | u);
 #endif
 }
 
@@ -98,19 +99,17 @@ DEFER_MATH defer_f16_t defer_store_f16(float x) {
   const unsigned int u = defer_bits(x);
   const unsigned int sign = (u >> 16) & 0x8000u;
   const unsigned int magnitude = u & 0x7fffffffu;
-  if (magnitude > 0x7f800000u) return static_cast<defer_f16_t>(sign | 0x7e00u | ((magnitude >> 13) & 0x3ffu));
-  if (magnitude >= 0x47800000u) return static_cast<defer_f16_t>(sign | 0x7c00u);  // >= 65536: inf
-  if (magnitude < 0x38800000u) {
-    // Below f16's smallest normal (2^-14): adding 0.5 puts the 2^-24 unit at the last mantissa bit
-    // of the sum, so the f32 addition itself rounds to nearest even; the mantissa bits are the result.
-    const float shifted = defer_fadd(defer_from_bits(magnitude), 0.5f);
-    return static_cast<defer_f16_t>(sign | (defer_bits(shifted) - 0x3f000000u));
-  }
   // Normal: rebias the exponent (127 -> 15) and round the 13 dropped bits to nearest even; a carry
   // out of the mantissa correctly bumps the exponent (65520 and up becomes infinity).
   const unsigned int odd = (magnitude >> 13) & 1u;
-  const unsigned int rounded = magnitude - 0x38000000u + 0xfffu + odd;
-  return static_cast<defer_f16_t>(sign | (rounded >> 13));
+  unsigned int h = (magnitude - 0x38000000u + 0xfffu + odd) >> 13;
+  // Below f16's smallest normal (2^-14): adding 0.5 puts the 2^-24 unit at the last mantissa bit
+  // of the sum, so the f32 addition itself rounds to nearest even; the mantissa bits are the result.
+  const unsigned int tiny = defer_bits(defer_fadd(defer_from_bits(magnitude), 0.5f)) - 0x3f000000u;
+  h = magnitude < 0x38800000u ? tiny : h;
+  h = magnitude >= 0x47800000u ? 0x7c00u : h;                                  // >= 65536: inf
+  h = magnitude > 0x7f800000u ? 0x7e00u | ((magnitude >> 13) & 0x3ffu) : h;  // NaN: quiet
+  return static_cast<defer_f16_t>(sign | h);
 #endif
 }
 
