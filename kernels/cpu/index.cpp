@@ -30,7 +30,7 @@ template <class I>
 std::int64_t run(const void* x, std::size_t element_bytes, const I* index, std::int64_t outer, std::int64_t extent,
                  std::int64_t count, std::int64_t inner, void* out) {
   const std::int64_t bad = first_out_of_range(index, count, extent);
-  if (bad >= 0) return bad;
+  if (bad >= 0 || element_bytes * static_cast<std::size_t>(inner) == 0) return bad;  // (empty rows: nothing to copy)
   gather_rows(static_cast<const unsigned char*>(x), element_bytes * static_cast<std::size_t>(inner), index, outer,
               extent, count, static_cast<unsigned char*>(out));
   return -1;
