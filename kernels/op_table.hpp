@@ -141,6 +141,8 @@ constexpr const char* name(OpKind kind) noexcept { return kOpKindNames[static_ca
 constexpr int condition_operand(ElementwiseOp op) noexcept {
   return op == ElementwiseOp::where ? 0 : op == ElementwiseOp::masked_fill ? 1 : -1;
 }
+// The first data operand (not a condition): its dtype is the op's data dtype.
+constexpr unsigned data_operand(ElementwiseOp op) noexcept { return condition_operand(op) == 0 ? 1 : 0; }
 
 inline constexpr int kMaxDims = 8;
 // The most tensor operands and scalars of one element-wise op.

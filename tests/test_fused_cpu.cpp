@@ -1227,7 +1227,7 @@ TEST(FusedReduceCpu, PortableAndAvx2LoopsAgreeBitForBit) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// validate, structure_key, all_contiguous
+// validate, structure_key, input_access
 
 FusedLayout flat_layout(int inputs, i64 n = 8) {
   FusedLayout l;

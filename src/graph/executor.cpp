@@ -67,7 +67,7 @@ std::optional<std::string> launch_index(const OpSpec& spec, const Tensor& x, con
 }
 
 // An element-wise op on integer data: exact, unfused (kernels/integer_elementwise.hpp).
-Tensor launch_integer(const OpSpec& spec, const std::vector<Tensor>& inputs, const TensorMeta& out_meta,
+Tensor launch_integer(const OpSpec& spec, const std::vector<Tensor>& inputs, DType data, const TensorMeta& out_meta,
                       StreamImpl& stream) {
   Tensor out = allocate_tensor(out_meta.shape, out_meta.dtype, stream, op_name(spec).c_str());
   if (out.numel() == 0) return out;
@@ -79,7 +79,6 @@ Tensor launch_integer(const OpSpec& spec, const std::vector<Tensor>& inputs, con
     pointers.push_back(t.data_ptr());
     dtypes.push_back(t.dtype());
   }
-  const DType data = data_dtype(spec, inputs);
   auto layout = std::make_shared<kernels::FusedLayout>(make_fused_layout(out_meta.shape, shapes));
   backend_for(stream.device())
       .integer_elementwise(spec.op, std::move(layout), std::move(pointers), std::move(dtypes),
@@ -146,7 +145,8 @@ Tensor launch_op(const OpSpec& spec, const std::vector<Tensor>& inputs, const Te
   if (launch_log_enabled()) log_launch(spec, inputs, out_meta, stream, reason);
   if (spec.kind == OpKind::to_device) return copy_to_device(inputs[0], out_meta.shape, out_meta.device, stream);
   if (spec.kind == OpKind::elementwise) {
-    if (kernels::integer_path(spec.op, data_dtype(spec, inputs), out_meta.dtype)) return launch_integer(spec, inputs, out_meta, stream);
+    const DType data = data_dtype(spec, inputs);
+    if (kernels::integer_path(spec.op, data, out_meta.dtype)) return launch_integer(spec, inputs, data, out_meta, stream);
     std::vector<const Tensor*> in;
     for (const Tensor& t : inputs) in.push_back(&t);
     return launch_fused(single_op_kernel(spec, inputs, out_meta), in, stream, reason, /*log=*/false)[0];

@@ -41,12 +41,6 @@ std::string status_of(detail::AwaitStateBase& s) {
   return "?";
 }
 
-std::int64_t numel_of(const Shape& s) {
-  std::int64_t n = 1;
-  for (std::int64_t e : s) n *= e;
-  return n;
-}
-
 // The listing: one line per distinct state (inputs first), and the pending op nodes in topological
 // order (what a wait would plan).
 struct Walk {
@@ -116,7 +110,7 @@ bool picks_rows(const OpNode& node, const std::vector<detail::TensorMeta>& meta,
   if (kind != detail::OpKind::index_select && kind != detail::OpKind::embedding) return false;
   AwaitState<Tensor>* ids = node.inputs()[1];
   auto planned = index.find(ids);
-  return numel_of(planned != index.end() ? meta[planned->second].shape : ids->value().shape()) > 0;
+  return detail::numel_of(planned != index.end() ? meta[planned->second].shape : ids->value().shape()) > 0;
 }
 
 std::vector<Launch> launches_of(const std::vector<OpNode*>& order) {
@@ -131,7 +125,7 @@ std::vector<Launch> launches_of(const std::vector<OpNode*>& order) {
       if (group.members.back() != order[i]) continue;  // launched with its group's last member
       Launch l;
       l.fused = true;
-      std::int64_t per_output = numel_of(group.kernel.out_shape);
+      std::int64_t per_output = detail::numel_of(group.kernel.out_shape);
       if (per_output == 0 || group.kernel.layout->numel() == 0) continue;  // nothing to compute
       for (DType t : group.kernel.program->output_dtypes) l.bytes += per_output * static_cast<std::int64_t>(dtype_size(t));
       l.text = "fused(" + group.kernel.ops + ") -> " + shape_str(group.kernel.out_shape) + ", " +
@@ -145,8 +139,8 @@ std::vector<Launch> launches_of(const std::vector<OpNode*>& order) {
     if (meta) {
       const detail::TensorMeta& m = (*meta)[i];
       // An empty result launches nothing, but indices are checked even when they pick empty rows.
-      if (numel_of(m.shape) == 0 && !picks_rows(*order[i], *meta, index)) continue;
-      l.bytes = numel_of(m.shape) * static_cast<std::int64_t>(dtype_size(m.dtype));
+      if (detail::numel_of(m.shape) == 0 && !picks_rows(*order[i], *meta, index)) continue;
+      l.bytes = detail::numel_of(m.shape) * static_cast<std::int64_t>(dtype_size(m.dtype));
       l.text += " -> " + detail::describe(m);
     }
     if (!l.kernel) l.text += " (a copy, not a kernel)";

@@ -10,16 +10,6 @@
 #include "graph/executor.hpp"
 
 namespace defer::detail {
-namespace {
-
-std::int64_t numel_of(const Shape& s) {
-  std::int64_t n = 1;
-  for (std::int64_t e : s) n *= e;
-  return n;
-}
-
-}  // namespace
-
 NodeIndex index_of(const std::vector<OpNode*>& order) {
   NodeIndex index;
   for (std::size_t i = 0; i < order.size(); ++i) index.emplace(order[i], i);

@@ -36,12 +36,8 @@ TensorMeta infer_meta(const OpSpec& spec, const std::vector<TensorMeta>& in) {
 }
 
 // The first operand that is not a condition.
-DType data_dtype(const OpSpec& spec, const std::vector<TensorMeta>& in) {
-  return in[kernels::condition_operand(spec.op) == 0 ? 1 : 0].dtype;
-}
-DType data_dtype(const OpSpec& spec, const std::vector<Tensor>& in) {
-  return in[kernels::condition_operand(spec.op) == 0 ? 1 : 0].dtype();
-}
+DType data_dtype(const OpSpec& spec, const std::vector<TensorMeta>& in) { return in[kernels::data_operand(spec.op)].dtype; }
+DType data_dtype(const OpSpec& spec, const std::vector<Tensor>& in) { return in[kernels::data_operand(spec.op)].dtype(); }
 
 bool on_integer_path(const OpSpec& spec, const std::vector<TensorMeta>& in, const TensorMeta& out) {
   return spec.kind == OpKind::elementwise && kernels::integer_path(spec.op, data_dtype(spec, in), out.dtype);

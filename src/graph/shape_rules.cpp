@@ -94,8 +94,7 @@ kernels::FusedLayout make_fused_layout(const Shape& out, const std::vector<Shape
   // The common case first: no input broadcast, one flat dim.
   if (std::all_of(inputs.begin(), inputs.end(), [&](const Shape& s) { return s == out; })) {
     kernels::FusedLayout flat;
-    int64_t n = 1;
-    for (int64_t e : out) n *= e;
+    const int64_t n = numel_of(out);
     flat.ndim = n == 1 ? 0 : 1;
     flat.shape[0] = n;
     flat.strides.assign(inputs.size(), {1});
@@ -221,6 +220,8 @@ TensorMeta embedding_meta(const TensorMeta& weight, const TensorMeta& ids) {
   out.push_back(weight.shape[1]);
   return TensorMeta{std::move(out), weight.dtype, weight.device};
 }
+
+int64_t numel_of(const Shape& s) { return product(s, 0, s.size()); }
 
 AxisSplit split_at(const Shape& s, int dim) {
   const auto d = static_cast<std::size_t>(dim);

@@ -52,6 +52,9 @@ TensorMeta layer_norm_meta(const TensorMeta& x, const TensorMeta& gamma, const T
 TensorMeta index_select_meta(const TensorMeta& a, int dim, const TensorMeta& index);
 TensorMeta embedding_meta(const TensorMeta& weight, const TensorMeta& ids);
 
+// The element count of a shape (validated elsewhere: see checked_numel for untrusted shapes).
+int64_t numel_of(const Shape& s);
+
 // [outer, n, inner] view of a shape around `dim`.
 AxisSplit split_at(const Shape& s, int dim);
 
