@@ -1,6 +1,8 @@
 #pragma once
-// Tensors (docs/api.md section 3): a copyable handle to a dense, contiguous, row-major buffer on one
-// device. Copies share storage. Storage comes from the stream-ordered caching allocator.
+// Tensors (docs/api.md sections 3 and 8): a copyable handle to a view of a storage on one device:
+// a shape, strides (in elements, any integer, 0 for a broadcast dim) and an offset. Copies and views
+// share the storage, which lives as long as any of them. Storage comes from the stream-ordered
+// caching allocator, or from elsewhere (DLPack, a memory-mapped file: defer/interop.hpp).
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -32,9 +34,12 @@ class Tensor {
   int64_t numel() const;
   DType dtype() const;
   Device device() const;
-  std::size_t nbytes() const;
-  const void* data_ptr() const;  // device address on cuda; nullptr when numel() == 0
-  void* data_ptr();
+  std::size_t nbytes() const;    // numel() * dtype_size(dtype())
+  const void* data_ptr() const;  // device address on cuda of the first element (storage_offset
+  void* data_ptr();              // applied); nullptr when numel() == 0
+  const Shape& strides() const;  // in elements, one per dim
+  int64_t storage_offset() const;  // in elements, from the start of the storage
+  bool is_contiguous() const;    // row-major dense
 
   // For the runtime's own layers.
   explicit Tensor(std::shared_ptr<detail::TensorImpl> impl) noexcept : impl_(std::move(impl)) {}

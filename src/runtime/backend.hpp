@@ -16,6 +16,7 @@
 #include <defer/dtype.hpp>
 
 #include "fusion/fused_program.hpp"
+#include "strided_copy.hpp"
 #include "runtime/stream_impl.hpp"
 
 namespace defer::detail {
@@ -50,6 +51,9 @@ class Backend {
   virtual void integer_elementwise(kernels::ElementwiseOp op, std::shared_ptr<const kernels::FusedLayout> layout,
                                    std::vector<const void*> inputs, std::vector<DType> input_dtypes,
                                    std::int64_t scalar, void* out, DType out_dtype, StreamImpl& stream) = 0;
+  // dst = src over a strided layout, elements of element_bytes copied bit for bit.
+  virtual void copy_strided(std::size_t element_bytes, const kernels::CopyLayout& layout, const void* src, void* dst,
+                            StreamImpl& stream) = 0;
   // n elements of element_bytes set to the low bytes of `bits`.
   virtual void fill(void* data, std::int64_t n, std::size_t element_bytes, std::uint64_t bits, StreamImpl& stream) = 0;
   // data[i] = i as dtype.

@@ -2,7 +2,11 @@
 
 #include <cstring>
 
+#include <defer/detail/stats_counters.hpp>
+
+#include "runtime/backend.hpp"
 #include "runtime/cpu/cpu_stream.hpp"
+#include "runtime/stream_capture.hpp"
 #include "runtime/tensor_impl.hpp"
 #ifdef DEFER_HAVE_CUDA
 #include "runtime/cuda/cuda_check.hpp"
@@ -48,8 +52,20 @@ void copy_blocking(void* dst, const void* src, std::size_t bytes, Device src_dev
   std::memcpy(dst, src, bytes);
 }
 
-Tensor copy_to_device(const Tensor& src, const Shape& shape, Device device, StreamImpl& dst_stream) {
-  if (src.device() == device) return src;
+Tensor contiguous_copy(const Tensor& t, StreamImpl& stream) {
+  if (t.impl()->contiguous) return t;
+  Tensor out = allocate_tensor(t.shape(), t.dtype(), stream, "contiguous");
+  if (out.numel() == 0) return out;
+  const kernels::CopyLayout layout = kernels::make_copy_layout(t.shape(), t.strides(), out.strides());
+  backend_for(stream.device()).copy_strided(dtype_size(t.dtype()), layout, t.data_ptr(), out.data_ptr(), stream);
+  if (!StreamCapture::capturing()) stats_counters().kernel_launches.fetch_add(1, std::memory_order_relaxed);
+  return out;
+}
+
+Tensor copy_to_device(const Tensor& strided_src, const Shape& shape, Device device, StreamImpl& dst_stream) {
+  if (strided_src.device() == device) return strided_src;
+  // A device copy moves one dense span: a strided source is gathered on its own device first.
+  const Tensor src = contiguous_copy(strided_src, *current_stream_impl(strided_src.device()));
   Tensor out = allocate_tensor(shape, src.dtype(), dst_stream, "to");
   StreamImpl& src_stream = *current_stream_impl(src.device());
   if (src.device().is_cpu()) {

@@ -1,5 +1,6 @@
 #pragma once
-// Byte copies between host memory and any device, queued on a stream.
+// Copies: bytes between host memory and any device, and strided tensors made contiguous, queued on a
+// stream.
 #include <cstddef>
 #include <memory>
 #include <vector>
@@ -20,6 +21,10 @@ void copy_from_host_async(void* dst, std::shared_ptr<const std::vector<unsigned 
 // A synchronous copy from memory of `src_device` to host memory, for CPU queue workers that
 // already waited for the source's producer.
 void copy_blocking(void* dst, const void* src, std::size_t bytes, Device src_device);
+
+// A contiguous copy of t (any strides) queued on `stream` (on t's device, ordered after t's producer
+// by the caller): one counted kernel launch. t itself when it is contiguous already.
+Tensor contiguous_copy(const Tensor& t, StreamImpl& stream);
 
 // src on `device` (src itself when it is there already), queued on dst_stream (a stream of
 // `device`) and ordered after src's producer on the current stream of src's device.

@@ -21,6 +21,7 @@
 
 #include <defer/memory.hpp>
 
+#include "runtime/storage.hpp"
 #include "runtime/stream_impl.hpp"
 #include "runtime/system_memory.hpp"
 
@@ -86,15 +87,12 @@ class StreamOrderedPool {
 StreamOrderedPool& pool_for(Device d);
 
 // RAII owner of one block: destroying it returns the block to its pool, stream ordered.
-class Allocation {
+class Allocation final : public Storage {
  public:
-  Allocation(StreamOrderedPool& pool, Block* block) noexcept : pool_(&pool), block_(block) {}
-  ~Allocation() { pool_->deallocate(block_); }
-  Allocation(const Allocation&) = delete;
-  Allocation& operator=(const Allocation&) = delete;
+  Allocation(StreamOrderedPool& pool, Block* block) noexcept : Storage(block->ptr, block->size), pool_(&pool), block_(block) {}
+  ~Allocation() override { pool_->deallocate(block_); }
 
-  void* data() const noexcept { return block_->ptr; }
-  void record_use(StreamImpl& stream) { pool_->record_use(block_, stream); }
+  void record_use(StreamImpl& stream) override { pool_->record_use(block_, stream); }
 
  private:
   StreamOrderedPool* pool_;

@@ -36,13 +36,59 @@ int64_t checked_numel(const Shape& shape, DType dtype, const char* op) {
   return n;
 }
 
+Shape contiguous_strides(const Shape& shape) {
+  Shape strides(shape.size());
+  int64_t step = 1;
+  for (std::size_t d = shape.size(); d-- > 0;) {
+    strides[d] = step;
+    step *= shape[d] > 0 ? shape[d] : 1;
+  }
+  return strides;
+}
+
+bool is_contiguous(const Shape& shape, const Shape& strides) noexcept {
+  int64_t step = 1;
+  for (std::size_t d = shape.size(); d-- > 0;) {
+    if (shape[d] == 0) return true;  // no elements: any strides describe them
+    if (shape[d] == 1) continue;
+    if (strides[d] != step) return false;
+    step *= shape[d];
+  }
+  return true;
+}
+
 Tensor allocate_tensor(Shape shape, DType dtype, StreamImpl& stream, const char* op) {
   const int64_t numel = checked_numel(shape, dtype, op);
-  auto impl = std::make_shared<TensorImpl>(TensorImpl{std::move(shape), numel, dtype, stream.device(), nullptr});
+  auto impl = std::make_shared<TensorImpl>();
+  impl->strides = contiguous_strides(shape);
+  impl->shape = std::move(shape);
+  impl->numel = numel;
+  impl->dtype = dtype;
+  impl->device = stream.device();
   if (numel > 0) {
     auto& pool = pool_for(stream.device());
     impl->storage = std::make_shared<Allocation>(pool, pool.allocate(impl->nbytes(), stream));
   }
+  return Tensor(std::move(impl));
+}
+
+Tensor make_view(const Tensor& base, Shape shape, Shape strides, int64_t storage_offset) {
+  const TensorImpl& b = *base.impl();
+  return wrap_storage(b.storage, std::move(shape), std::move(strides), storage_offset, b.dtype, b.device);
+}
+
+Tensor wrap_storage(std::shared_ptr<Storage> storage, Shape shape, Shape strides, int64_t storage_offset, DType dtype,
+                    Device device) {
+  auto impl = std::make_shared<TensorImpl>();
+  impl->numel = 1;
+  for (int64_t extent : shape) impl->numel *= extent;  // validated by the caller
+  impl->contiguous = is_contiguous(shape, strides);
+  impl->shape = std::move(shape);
+  impl->strides = std::move(strides);
+  impl->storage_offset = storage_offset;
+  impl->dtype = dtype;
+  impl->device = device;
+  if (impl->numel > 0) impl->storage = std::move(storage);
   return Tensor(std::move(impl));
 }
 
@@ -58,6 +104,9 @@ int64_t Tensor::dim() const { return static_cast<int64_t>(checked("dim").shape.s
 int64_t Tensor::numel() const { return checked("numel").numel; }
 DType Tensor::dtype() const { return checked("dtype").dtype; }
 Device Tensor::device() const { return checked("device").device; }
+const Shape& Tensor::strides() const { return checked("strides").strides; }
+int64_t Tensor::storage_offset() const { return checked("storage_offset").storage_offset; }
+bool Tensor::is_contiguous() const { return checked("is_contiguous").contiguous; }
 std::size_t Tensor::nbytes() const { return checked("nbytes").nbytes(); }
 const void* Tensor::data_ptr() const { return checked("data_ptr").data(); }
 void* Tensor::data_ptr() { return checked("data_ptr").data(); }
@@ -149,7 +198,8 @@ Tensor upload(const std::vector<T>& values, Shape shape, Device device, const ch
 void download(const Tensor& t, void* out, const char* op) {
   if (!t.defined()) throw std::invalid_argument(std::string(op) + ": the tensor is undefined");
   auto& stream = *detail::current_stream_impl(t.device());
-  detail::copy_async(out, t.data_ptr(), t.nbytes(), stream);
+  const Tensor dense = detail::contiguous_copy(t, stream);  // any strides gathered on the device first
+  detail::copy_async(out, dense.data_ptr(), dense.nbytes(), stream);
   stream.synchronize();
 }
 

@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "cpu/copy.hpp"
 #include "cpu/fill.hpp"
 #include "cpu/fused.hpp"
 #include "cpu/ops.hpp"
@@ -102,6 +103,11 @@ class CpuBackend final : public Backend {
         }
       }
     });
+  }
+
+  void copy_strided(std::size_t element_bytes, const kernels::CopyLayout& layout, const void* src, void* dst,
+                    StreamImpl& stream) override {
+    enqueue_cpu(stream, [=] { kernels::cpu::copy_strided(element_bytes, layout, src, dst); });
   }
 
   void fill(void* data, std::int64_t n, std::size_t element_bytes, std::uint64_t bits, StreamImpl& stream) override {

@@ -6,6 +6,7 @@
 #include <utility>
 #include <vector>
 
+#include "cuda/copy.hpp"
 #include "cuda/launch.hpp"
 #include "cuda/ops.hpp"
 #include "cuda/fused/cuda_fused_launch.hpp"
@@ -37,6 +38,12 @@ class CudaBackend final : public Backend {
     CudaDeviceGuard guard(stream.device().index());
     kernels::cuda::integer_elementwise(op, *layout, inputs.data(), input_dtypes.data(), static_cast<int>(inputs.size()),
                                        scalar, out, out_dtype, cuda_handle(stream));
+  }
+
+  void copy_strided(std::size_t element_bytes, const kernels::CopyLayout& layout, const void* src, void* dst,
+                    StreamImpl& stream) override {
+    CudaDeviceGuard guard(stream.device().index());
+    kernels::cuda::copy_strided(element_bytes, layout, src, dst, cuda_handle(stream));
   }
 
   void fill(void* data, std::int64_t n, std::size_t element_bytes, std::uint64_t bits, StreamImpl& stream) override {
