@@ -79,7 +79,9 @@
   X(softmax, "softmax")           \
   X(layer_norm, "layer_norm")     \
   X(matmul, "matmul")             \
-  X(transpose, "transpose")       \
+  X(view, "view")                 \
+  X(copy, "contiguous")           \
+  X(cat, "cat")                   \
   X(index_select, "index_select") \
   X(embedding, "embedding")       \
   X(to_device, "to")

@@ -44,7 +44,7 @@ std::vector<TensorAwait> workload(const Inputs& in) {
   TensorAwait probs = softmax(norm, -1);
   TensorAwait total = sum(probs * act, 1);
   TensorAwait lx = log(in.x) + sqrt(in.x);
-  TensorAwait t = transpose(lx);
+  TensorAwait t = contiguous(transpose(lx));  // a view made dense: the copy kernel
   TensorAwait m = mean(t, 0, true);
   TensorAwait half = to(layer_norm(to(act, DType::f16), to(in.g, DType::f16), to(in.b, DType::f16)), DType::f32);
   TensorAwait picked = index_select(where(gt(act, 0.f), act, act * 0.1f), 1, in.cols);

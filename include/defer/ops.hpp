@@ -84,10 +84,34 @@ TensorAwait index_select(const TensorAwait& a, int64_t dim, const TensorAwait& i
 // weight [V, D] rows picked by ids (i32/i64, any shape): ids.shape + [D]. Bad ids as index_select.
 TensorAwait embedding(const TensorAwait& weight, const TensorAwait& ids);
 
-// [m,k] x [k,n] -> [m,n]; [b,m,k] x [b,k,n] -> [b,m,n]; a 2-D operand is shared across the batch.
+// As torch.matmul: [..., m, k] x [..., k, n] -> [..., m, n] with the batch dims broadcast; a 1-D first
+// operand is a row vector, a 1-D second operand a column vector (the added dim is removed again).
 TensorAwait matmul(const TensorAwait& a, const TensorAwait& b);
-// Swaps the last two dims (a copy, any dtype).
-TensorAwait transpose(const TensorAwait& a);
+
+// Views (docs/api.md section 8): the result shares the operand's storage; waiting a view of a
+// materialized tensor launches nothing, and element-wise kernels read views in place. Negative dims
+// count from the end; a bad dim, index or shape throws std::invalid_argument at the call, naming
+// the op, the shape and the value.
+// One extent may be -1. A view when the strides allow it, else a contiguous copy (one launch).
+TensorAwait reshape(const TensorAwait& a, Shape shape);
+// Always a view; std::invalid_argument when the strides do not allow one.
+TensorAwait view(const TensorAwait& a, Shape shape);
+TensorAwait permute(const TensorAwait& a, std::vector<int64_t> dims);
+TensorAwait transpose(const TensorAwait& a, int64_t d0, int64_t d1);
+TensorAwait transpose(const TensorAwait& a);  // the last two dims
+TensorAwait unsqueeze(const TensorAwait& a, int64_t dim);
+TensorAwait squeeze(const TensorAwait& a, int64_t dim);  // dim must have extent 1
+// -1 keeps an extent; an extent-1 dim may grow (stride 0); new dims go in front.
+TensorAwait expand(const TensorAwait& a, Shape shape);
+// Python's rules: negative start/end count from the end and are clamped to the extent; step >= 1.
+TensorAwait slice(const TensorAwait& a, int64_t dim, int64_t start, int64_t end, int64_t step = 1);
+TensorAwait select(const TensorAwait& a, int64_t dim, int64_t index);  // removes dim; negative index from the end
+// Views of `size` along dim (the last may be shorter); size >= 1.
+std::vector<TensorAwait> split(const TensorAwait& a, int64_t size, int64_t dim);
+// A contiguous copy (one launch), or the same tensor when it is already contiguous.
+TensorAwait contiguous(const TensorAwait& a);
+// The tensors joined along dim: one dtype and device, equal extents elsewhere. Contiguous.
+TensorAwait cat(const std::vector<TensorAwait>& xs, int64_t dim);
 // Reductions over one dim (negative counts from the end); keepdim keeps it with extent 1.
 TensorAwait sum(const TensorAwait& a, int dim, bool keepdim = false);
 TensorAwait mean(const TensorAwait& a, int dim, bool keepdim = false);

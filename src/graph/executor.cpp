@@ -71,15 +71,16 @@ Tensor launch_integer(const OpSpec& spec, const std::vector<Tensor>& inputs, DTy
                       StreamImpl& stream) {
   Tensor out = allocate_tensor(out_meta.shape, out_meta.dtype, stream, op_name(spec).c_str());
   if (out.numel() == 0) return out;
-  std::vector<Shape> shapes;
+  std::vector<Shape> shapes, strides;
   std::vector<const void*> pointers;
   std::vector<DType> dtypes;
   for (const Tensor& t : inputs) {
     shapes.push_back(t.shape());
+    strides.push_back(t.is_contiguous() ? Shape{} : t.strides());
     pointers.push_back(t.data_ptr());
     dtypes.push_back(t.dtype());
   }
-  auto layout = std::make_shared<kernels::FusedLayout>(make_fused_layout(out_meta.shape, shapes));
+  auto layout = std::make_shared<kernels::FusedLayout>(make_fused_layout(out_meta.shape, shapes, strides));
   backend_for(stream.device())
       .integer_elementwise(spec.op, std::move(layout), std::move(pointers), std::move(dtypes),
                            kernels::integer_scalar(spec.scalars[0], data), out.data_ptr(), out.dtype(), stream);
@@ -123,12 +124,24 @@ std::optional<std::string> launch_kernel(const OpSpec& spec, const std::vector<T
       backend.matmul(x.dtype(), x.data_ptr(), in[1].data_ptr(), out.data_ptr(), d, stream);
       return std::nullopt;
     }
-    case OpKind::transpose: {
-      const Shape& a = x.shape();
-      const std::int64_t rows = a[a.size() - 2], cols = a.back();
-      backend.transpose(dtype_size(x.dtype()), x.data_ptr(), out.data_ptr(), x.numel() / (rows * cols), rows, cols, stream);
+    case OpKind::cat: {
+      // Each input copied into its slice of the output: one strided copy per non-empty input.
+      const auto d = static_cast<std::size_t>(normalize_dim("cat", spec.dim, out.shape().size()));
+      std::int64_t at = 0;
+      for (const Tensor& t : in) {
+        if (t.numel() > 0) {
+          const kernels::CopyLayout layout = kernels::make_copy_layout(t.shape(), t.strides(), out.strides());
+          void* dst = static_cast<char*>(out.data_ptr()) +
+                      at * out.strides()[d] * static_cast<std::int64_t>(dtype_size(out.dtype()));
+          backend.copy_strided(dtype_size(t.dtype()), layout, t.data_ptr(), dst, stream);
+          count_launch(false);
+        }
+        at += t.shape()[d];
+      }
       return std::nullopt;
     }
+    case OpKind::view:
+    case OpKind::copy:
     case OpKind::index_select:
     case OpKind::embedding: return launch_index(spec, x, in[1], out, stream);
     case OpKind::elementwise:
@@ -139,11 +152,48 @@ std::optional<std::string> launch_kernel(const OpSpec& spec, const std::vector<T
 
 }  // namespace
 
-Tensor launch_op(const OpSpec& spec, const std::vector<Tensor>& inputs, const TensorMeta& out_meta, StreamImpl& stream,
-                 const char* reason) {
+namespace {
+
+// A contiguous copy of `t` when it is strided, for kernels that read dense rows: a counted launch,
+// which DEFER_LOG explains.
+Tensor dense(const OpSpec& spec, const Tensor& t, std::size_t operand, StreamImpl& stream, const char* why) {
+  if (t.is_contiguous()) return t;
+  if (launch_log_enabled())
+    std::fprintf(stderr, "defer: launch contiguous(%s strides %s) for operand %zu of %s on %s stream %llu (%s)\n",
+                 shape_str(t.shape()).c_str(), shape_str(t.strides()).c_str(), operand + 1, op_name(spec).c_str(),
+                 stream.device().str().c_str(), static_cast<unsigned long long>(stream.id()), why);
+  return contiguous_copy(t, stream);
+}
+
+// A view: no launch, the input's storage under a new layout. Only a reshape that no strides can
+// express copies first.
+Tensor make_view_of(const OpSpec& spec, const Tensor& x, StreamImpl& stream) {
+  std::optional<Strided> out = apply_view(spec.view, spec.args, Strided{x.shape(), x.strides(), x.storage_offset()});
+  if (out) return make_view(x, std::move(out->shape), std::move(out->strides), out->offset);
+  const Tensor copy = dense(spec, x, 0, stream, "reshape: the strides do not allow a view");
+  out = apply_view(spec.view, spec.args, Strided{copy.shape(), copy.strides(), copy.storage_offset()});
+  return make_view(copy, std::move(out->shape), std::move(out->strides), out->offset);
+}
+
+}  // namespace
+
+Tensor launch_op(const OpSpec& spec, const std::vector<Tensor>& strided_inputs, const TensorMeta& out_meta,
+                 StreamImpl& stream, const char* reason) {
+  if (spec.kind == OpKind::view) return make_view_of(spec, strided_inputs[0], stream);  // not a launch
   check_injected_launch_fault(short_name(spec));  // tests: runtime/fault_injection.hpp
-  if (launch_log_enabled()) log_launch(spec, inputs, out_meta, stream, reason);
-  if (spec.kind == OpKind::to_device) return copy_to_device(inputs[0], out_meta.shape, out_meta.device, stream);
+  if (spec.kind == OpKind::copy) {
+    if (strided_inputs[0].is_contiguous()) return strided_inputs[0];  // already dense: no launch
+    if (launch_log_enabled()) log_launch(spec, strided_inputs, out_meta, stream, reason);
+    return contiguous_copy(strided_inputs[0], stream);
+  }
+  if (launch_log_enabled()) log_launch(spec, strided_inputs, out_meta, stream, reason);
+  if (spec.kind == OpKind::to_device) return copy_to_device(strided_inputs[0], out_meta.shape, out_meta.device, stream);
+  // Element-wise kernels and cat read any strides in place; the others read dense rows.
+  const bool reads_strides = spec.kind == OpKind::elementwise || spec.kind == OpKind::cat;
+  std::vector<Tensor> inputs;
+  inputs.reserve(strided_inputs.size());
+  for (std::size_t i = 0; i < strided_inputs.size(); ++i)
+    inputs.push_back(reads_strides ? strided_inputs[i] : dense(spec, strided_inputs[i], i, stream, "the kernel reads dense rows"));
   if (spec.kind == OpKind::elementwise) {
     const DType data = data_dtype(spec, inputs);
     if (kernels::integer_path(spec.op, data, out_meta.dtype)) return launch_integer(spec, inputs, data, out_meta, stream);
@@ -156,7 +206,7 @@ Tensor launch_op(const OpSpec& spec, const std::vector<Tensor>& inputs, const Te
   const bool index_op = spec.kind == OpKind::index_select || spec.kind == OpKind::embedding;
   if (out.numel() == 0 && !(index_op && inputs[1].numel() > 0)) return out;
   const std::optional<std::string> bad_index = launch_kernel(spec, inputs, out, stream);
-  count_launch(false);
+  if (spec.kind != OpKind::cat) count_launch(false);  // cat counts its copies itself
   if (bad_index) throw std::out_of_range(*bad_index);
   return out;
 }

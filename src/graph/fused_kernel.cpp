@@ -42,12 +42,16 @@ std::shared_ptr<const kernels::FusedProgram> one_op_program(ElementwiseOp op, co
 }  // namespace
 
 FusedKernel single_op_kernel(const OpSpec& spec, const std::vector<Tensor>& in, const TensorMeta& out) {
-  std::vector<Shape> shapes;
+  std::vector<Shape> shapes, strides;
   shapes.reserve(in.size());
-  for (const Tensor& t : in) shapes.push_back(t.shape());
+  strides.reserve(in.size());
+  for (const Tensor& t : in) {
+    shapes.push_back(t.shape());
+    strides.push_back(t.is_contiguous() ? Shape{} : t.strides());
+  }
   FusedKernel kernel;
   kernel.program = one_op_program(spec.op, in, out.dtype);
-  kernel.layout = std::make_shared<kernels::FusedLayout>(make_fused_layout(out.shape, shapes));
+  kernel.layout = std::make_shared<kernels::FusedLayout>(make_fused_layout(out.shape, shapes, strides));
   kernel.scalars = fused_scalars(spec, data_dtype(spec, in));
   kernel.out_shape = out.shape;
   kernel.ops = short_name(spec);  // (launch_op logs a single op under its full name)

@@ -42,7 +42,7 @@ std::optional<std::vector<TensorMeta>> plan_meta(const std::vector<OpNode*>& ord
         }
         if (s->status() != AwaitStatus::ready || !s->value().defined()) return std::nullopt;
         const Tensor& t = s->value();
-        in.push_back(TensorMeta{t.shape(), t.dtype(), t.device()});
+        in.push_back(meta_of(t));
       }
       meta.push_back(infer_meta(node->spec(), in));
     }
@@ -60,7 +60,7 @@ bool fusible(const OpNode* node, const std::vector<TensorMeta>& meta, const Node
   for (AwaitState<Tensor>* s : node->inputs()) {
     auto it = index.find(s);
     in.push_back(it != index.end() ? meta[it->second]
-                                   : TensorMeta{s->value().shape(), s->value().dtype(), s->value().device()});
+                                   : meta_of(s->value()));
   }
   return !on_integer_path(node->spec(), in, meta[i]);
 }
@@ -269,23 +269,23 @@ bool build_program(FusionGroup& group, const FusionPlan& plan) {
   auto program = std::make_shared<kernels::FusedProgram>();
   std::vector<float> scalars;
   std::unordered_map<const AwaitStateBase*, std::uint16_t> value_of;  // members and loaded inputs
-  std::vector<Shape> input_shapes;
+  std::vector<Shape> input_shapes, input_strides;
   auto fail = [&] {
     group.inputs.clear();
     return false;
   };
-  auto meta_of = [&](AwaitState<Tensor>* s) {
+  auto input_meta = [&](AwaitState<Tensor>* s) {
     auto planned = plan.metas.find(s);  // a node of this plan: not run yet
-    return planned != plan.metas.end() ? planned->second
-                                       : TensorMeta{s->value().shape(), s->value().dtype(), s->value().device()};
+    return planned != plan.metas.end() ? planned->second : meta_of(s->value());
   };
   auto value = [&](AwaitState<Tensor>* s) -> std::uint16_t {
     auto it = value_of.find(s);
     if (it != value_of.end()) return it->second;
     const auto input = static_cast<std::uint16_t>(group.inputs.size());
     group.inputs.push_back(s);
-    const TensorMeta meta = meta_of(s);
+    const TensorMeta meta = input_meta(s);
     input_shapes.push_back(meta.shape);
+    input_strides.push_back(meta.strides);
     program->input_dtypes.push_back(meta.dtype);
     kernels::FusedInstr load;  // a load of the new input
     load.a = input;
@@ -306,7 +306,7 @@ bool build_program(FusionGroup& group, const FusionPlan& plan) {
     for (int k = 0; k < info.tensors; ++k) operands[k] = value(node->inputs()[static_cast<std::size_t>(k)]);
     const auto first_scalar = static_cast<std::uint16_t>(scalars.size());
     std::vector<TensorMeta> in;
-    for (AwaitState<Tensor>* s : node->inputs()) in.push_back(meta_of(s));
+    for (AwaitState<Tensor>* s : node->inputs()) in.push_back(input_meta(s));
     const std::vector<float> own = fused_scalars(spec, data_dtype(spec, in));
     scalars.insert(scalars.end(), own.begin(), own.end());
     // The result's dtype: every value is rounded as the node's own tensor would hold it.
@@ -333,7 +333,7 @@ bool build_program(FusionGroup& group, const FusionPlan& plan) {
       scalars.size() > static_cast<std::size_t>(kernels::kMaxFusedScalars))
     return fail();
   try {
-    auto layout = std::make_shared<kernels::FusedLayout>(make_fused_layout(group.shape, input_shapes));
+    auto layout = std::make_shared<kernels::FusedLayout>(make_fused_layout(group.shape, input_shapes, input_strides));
     group.kernel.out_shape = group.shape;
     if (program->reduction) {
       const OpNode* reduce = group.members.back();

@@ -6,14 +6,30 @@
 #include "graph/executor.hpp"
 #include "integer_elementwise.hpp"
 #include "runtime/stream_impl.hpp"
+#include "runtime/tensor_impl.hpp"
 
 namespace defer::detail {
 const char* short_name(const OpSpec& spec) noexcept {
   switch (spec.kind) {
     case OpKind::elementwise: return kernels::name(spec.op);
     case OpKind::reduce: return kernels::name(spec.reduce);
+    case OpKind::view: return view_name(spec.view);
     default: return kernels::name(spec.kind);
   }
+}
+
+namespace {
+// Results of ops other than views are contiguous, whatever their operands' strides.
+TensorMeta dense_meta(TensorMeta m) {
+  m.strides.clear();
+  return m;
+}
+}  // namespace
+
+std::optional<Shape> reshaped_shape(const OpSpec& spec, const TensorMeta& in) {
+  if (spec.kind != OpKind::view || spec.view != ViewOp::reshape) return std::nullopt;
+  // The shape a reshape gives, whatever the strides: that of the contiguous input.
+  return apply_view(ViewOp::reshape, spec.args, Strided{in.shape, contiguous_strides(in.shape), 0})->shape;
 }
 
 TensorMeta infer_meta(const OpSpec& spec, const std::vector<TensorMeta>& in) {
@@ -24,13 +40,23 @@ TensorMeta infer_meta(const OpSpec& spec, const std::vector<TensorMeta>& in) {
       return reduce_meta(short_name(spec), in[0], spec.dim, spec.keepdim,
                          spec.reduce != ReduceOp::sum && spec.reduce != ReduceOp::mean, index ? DType::i64 : in[0].dtype);
     }
-    case OpKind::softmax: return softmax_meta(in[0], spec.dim);
-    case OpKind::layer_norm: return layer_norm_meta(in[0], in[1], in[2]);
+    case OpKind::softmax: return dense_meta(softmax_meta(in[0], spec.dim));
+    case OpKind::layer_norm: return dense_meta(layer_norm_meta(in[0], in[1], in[2]));
     case OpKind::matmul: return matmul_meta(in[0], in[1]);
-    case OpKind::transpose: return transpose_meta(in[0]);
+    case OpKind::view: {
+      const Strided in_layout{in[0].shape, strides_of(in[0]), 0};
+      const std::optional<Strided> out = apply_view(spec.view, spec.args, in_layout);
+      if (!out) return TensorMeta{*reshaped_shape(spec, in[0]), in[0].dtype, in[0].device};  // copied, then viewed
+      TensorMeta m{out->shape, in[0].dtype, in[0].device};
+      if (!is_contiguous(out->shape, out->strides)) m.strides = out->strides;
+      return m;
+    }
+    case OpKind::copy: return TensorMeta{in[0].shape, in[0].dtype, in[0].device};
+    case OpKind::cat: return cat_meta(in, spec.dim);
     case OpKind::index_select: return index_select_meta(in[0], spec.dim, in[1]);
     case OpKind::embedding: return embedding_meta(in[0], in[1]);
-    case OpKind::to_device: return TensorMeta{in[0].shape, in[0].dtype, spec.target};
+    case OpKind::to_device:  // the same tensor when it is there already, else a dense copy
+      return in[0].device == spec.target ? in[0] : TensorMeta{in[0].shape, in[0].dtype, spec.target};
   }
   throw std::logic_error("unknown op kind");
 }
@@ -68,6 +94,8 @@ std::string op_name(const OpSpec& spec) {
       return std::string(kernels::name(spec.reduce)) + "(dim=" + std::to_string(spec.dim) + (spec.keepdim ? ", keepdim)" : ")");
     case OpKind::softmax: return "softmax(dim=" + std::to_string(spec.dim) + ")";
     case OpKind::index_select: return "index_select(dim=" + std::to_string(spec.dim) + ")";
+    case OpKind::cat: return "cat(dim=" + std::to_string(spec.dim) + ")";
+    case OpKind::view: return std::string(view_name(spec.view)) + shape_str(spec.args);
     case OpKind::to_device: return "to(" + spec.target.str() + ")";
     default: return kernels::name(spec.kind);
   }
@@ -91,7 +119,7 @@ std::optional<TensorMeta> known_meta(const Await<Tensor>& a) {
   if (state->status() == AwaitStatus::ready) {
     const Tensor& t = state->value();
     if (!t.defined()) return std::nullopt;  // reported by the op that receives it
-    return TensorMeta{t.shape(), t.dtype(), t.device()};
+    return meta_of(t);
   }
   if (OpNode* n = as_node(state)) return n->meta();
   return std::nullopt;
@@ -123,7 +151,7 @@ void OpNode::execute(StreamImpl& wait_stream, const char* reason) {
       if (!t.defined())
         throw std::invalid_argument(std::string(short_name(spec_)) + ": operand " + std::to_string(i + 1) + " is an undefined tensor");
       in.push_back(t);
-      metas.push_back(TensorMeta{t.shape(), t.dtype(), t.device()});
+      metas.push_back(meta_of(t));
     }
     const TensorMeta out = infer_meta(spec_, metas);
     StreamImpl& stream = stream_for(out.device, wait_stream);

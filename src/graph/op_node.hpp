@@ -9,6 +9,7 @@
 #include <defer/await.hpp>
 
 #include "graph/shape_rules.hpp"
+#include "graph/view_rules.hpp"
 #include "op_table.hpp"
 
 namespace defer::detail {
@@ -23,10 +24,12 @@ struct OpSpec {
   ElementwiseOp op = ElementwiseOp::neg;  // elementwise
   ReduceOp reduce = ReduceOp::sum;
   float scalars[kernels::kMaxOpScalars] = {};  // an element-wise op's scalars; layer_norm: eps
-  int dim = 0;                                 // reduce, softmax, index_select: the dim as given
+  int dim = 0;                                 // reduce, softmax, index_select, cat: the dim as given
   bool keepdim = false;
   DType dtype = DType::f32;       // elementwise `to`: the dtype cast to
   Device target = Device::cpu();  // to_device: the destination
+  ViewOp view = ViewOp::view;     // view: which one
+  std::vector<int64_t> args;      // view: its arguments (view_rules.hpp)
 };
 
 std::string op_name(const OpSpec& spec);       // "add", "sum(dim=1)", "to(cuda:0)", "to(f16)", ...
@@ -34,6 +37,8 @@ const char* short_name(const OpSpec& spec) noexcept;  // "add", "sum", "to": nam
 // The output of `spec` for inputs that look like `in`, or std::invalid_argument naming the op and
 // the shapes. Run at call time when every operand's shape is known, and always at run time.
 TensorMeta infer_meta(const OpSpec& spec, const std::vector<TensorMeta>& in);
+// A reshape's output shape (one -1 resolved), for a reshape node; nullopt for any other node.
+std::optional<Shape> reshaped_shape(const OpSpec& spec, const TensorMeta& in);
 // The dtype of an element-wise node's data (its first operand that is not a condition or mask).
 DType data_dtype(const OpSpec& spec, const std::vector<TensorMeta>& in);
 DType data_dtype(const OpSpec& spec, const std::vector<Tensor>& in);

@@ -106,7 +106,66 @@ TensorAwait to(const TensorAwait& a, DType dtype) {
 }
 
 TensorAwait matmul(const TensorAwait& a, const TensorAwait& b) { return make_op(OpSpec{OpKind::matmul}, {a, b}); }
-TensorAwait transpose(const TensorAwait& a) { return make_op(OpSpec{OpKind::transpose}, {a}); }
+
+namespace {
+
+TensorAwait view_op(detail::ViewOp op, const TensorAwait& a, std::vector<int64_t> args) {
+  OpSpec s{OpKind::view};
+  s.view = op;
+  s.args = std::move(args);
+  return make_op(s, {a});
+}
+
+int dim_arg(const char* op, int64_t dim) {
+  if (dim < INT32_MIN || dim > INT32_MAX) throw std::invalid_argument(std::string(op) + ": dim " + std::to_string(dim) + " is out of range");
+  return static_cast<int>(dim);
+}
+
+}  // namespace
+
+TensorAwait reshape(const TensorAwait& a, Shape shape) { return view_op(detail::ViewOp::reshape, a, std::move(shape)); }
+TensorAwait view(const TensorAwait& a, Shape shape) { return view_op(detail::ViewOp::view, a, std::move(shape)); }
+TensorAwait permute(const TensorAwait& a, std::vector<int64_t> dims) { return view_op(detail::ViewOp::permute, a, std::move(dims)); }
+TensorAwait transpose(const TensorAwait& a, int64_t d0, int64_t d1) { return view_op(detail::ViewOp::transpose, a, {d0, d1}); }
+TensorAwait transpose(const TensorAwait& a) {
+  if (auto meta = detail::known_meta(a); meta && meta->shape.size() < 2)
+    throw std::invalid_argument("transpose: needs at least 2 dims, got " + shape_str(meta->shape));
+  return view_op(detail::ViewOp::transpose, a, {-2, -1});
+}
+TensorAwait unsqueeze(const TensorAwait& a, int64_t dim) { return view_op(detail::ViewOp::unsqueeze, a, {dim}); }
+TensorAwait squeeze(const TensorAwait& a, int64_t dim) { return view_op(detail::ViewOp::squeeze, a, {dim}); }
+TensorAwait expand(const TensorAwait& a, Shape shape) { return view_op(detail::ViewOp::expand, a, std::move(shape)); }
+TensorAwait slice(const TensorAwait& a, int64_t dim, int64_t start, int64_t end, int64_t step) {
+  return view_op(detail::ViewOp::slice, a, {dim, start, end, step});
+}
+TensorAwait select(const TensorAwait& a, int64_t dim, int64_t index) { return view_op(detail::ViewOp::select, a, {dim, index}); }
+
+std::vector<TensorAwait> split(const TensorAwait& a, int64_t size, int64_t dim) {
+  if (size < 1) throw std::invalid_argument("split: size must be >= 1, got " + std::to_string(size));
+  const std::optional<TensorMeta> meta = detail::known_meta(a);
+  if (!meta) throw std::invalid_argument("split: the operand's shape must be known at the call (wait it first)");
+  const int d = detail::normalize_dim("split", dim_arg("split", dim), meta->shape.size());
+  const int64_t extent = meta->shape[static_cast<std::size_t>(d)];
+  std::vector<TensorAwait> parts;
+  for (int64_t start = 0; start < extent || (extent == 0 && parts.empty()); start += size)
+    parts.push_back(slice(a, d, start, std::min(start + size, extent)));
+  return parts;
+}
+
+TensorAwait contiguous(const TensorAwait& a) {
+  if (!a.valid()) throw std::invalid_argument("contiguous: operand 1 is an empty Await");
+  auto* state = a.state().get();
+  if (state->status() == detail::AwaitStatus::ready && state->value().defined() && state->value().is_contiguous()) return a;
+  if (auto meta = detail::known_meta(a); meta && meta->strides.empty()) return a;  // a pending result known dense
+  return make_op(OpSpec{OpKind::copy}, {a});
+}
+
+TensorAwait cat(const std::vector<TensorAwait>& xs, int64_t dim) {
+  if (xs.empty()) throw std::invalid_argument("cat: needs at least one tensor");
+  OpSpec s{OpKind::cat};
+  s.dim = dim_arg("cat", dim);
+  return make_op(s, xs);
+}
 TensorAwait sum(const TensorAwait& a, int dim, bool keepdim) { return reduction(ReduceOp::sum, a, dim, keepdim); }
 TensorAwait mean(const TensorAwait& a, int dim, bool keepdim) { return reduction(ReduceOp::mean, a, dim, keepdim); }
 TensorAwait max(const TensorAwait& a, int dim, bool keepdim) { return reduction(ReduceOp::max, a, dim, keepdim); }

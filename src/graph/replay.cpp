@@ -84,6 +84,9 @@ std::optional<Signature> signature(const std::vector<OpNode*>& order) {
     append(sig.key, spec.dtype);
     append(sig.key, spec.dim);
     append(sig.key, spec.keepdim);
+    append(sig.key, spec.view);
+    append(sig.key, static_cast<std::uint32_t>(spec.args.size()));
+    for (std::int64_t a : spec.args) append(sig.key, a);
     append(sig.key, static_cast<std::uint32_t>(node->inputs().size()));
     for (AwaitState<Tensor>* in : node->inputs()) {
       auto n = sig.node_index.find(in);
@@ -105,6 +108,10 @@ std::optional<Signature> signature(const std::vector<OpNode*>& order) {
       append(sig.key, t.dtype());
       append(sig.key, static_cast<std::uint32_t>(t.shape().size()));
       for (std::int64_t extent : t.shape()) append(sig.key, extent);
+      // Fused layouts and views are built from the strides: plans of other strides never mix.
+      append(sig.key, t.is_contiguous());
+      if (!t.is_contiguous())
+        for (std::int64_t stride : t.strides()) append(sig.key, stride);
     }
   }
   if (sig.external.empty()) return std::nullopt;  // reads no tensor: nothing worth replaying

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "runtime/tensor_impl.hpp"
+
 namespace defer::detail {
 namespace {
 
@@ -15,6 +17,14 @@ int64_t product(const Shape& s, std::size_t from, std::size_t to) {
 }
 
 }  // namespace
+
+TensorMeta meta_of(const Tensor& t) {
+  TensorMeta m{t.shape(), t.dtype(), t.device()};
+  if (!t.is_contiguous()) m.strides = t.strides();
+  return m;
+}
+
+Shape strides_of(const TensorMeta& m) { return m.strides.empty() ? contiguous_strides(m.shape) : m.strides; }
 
 std::string describe(const TensorMeta& m) { return shape_str(m.shape) + " " + dtype_name(m.dtype) + " " + m.device.str(); }
 
@@ -90,9 +100,13 @@ TensorMeta elementwise_meta(kernels::ElementwiseOp op, DType cast_to, const std:
   return TensorMeta{broadcast_shapes(name, shapes), dtype, in[0].device};
 }
 
-kernels::FusedLayout make_fused_layout(const Shape& out, const std::vector<Shape>& inputs) {
-  // The common case first: no input broadcast, one flat dim.
-  if (std::all_of(inputs.begin(), inputs.end(), [&](const Shape& s) { return s == out; })) {
+kernels::FusedLayout make_fused_layout(const Shape& out, const std::vector<Shape>& inputs,
+                                       const std::vector<Shape>& input_strides) {
+  // The common case first: no input broadcast, none strided, one flat dim.
+  bool flat_inputs = true;
+  for (std::size_t i = 0; i < inputs.size() && flat_inputs; ++i)
+    flat_inputs = inputs[i] == out && input_strides[i].empty();
+  if (flat_inputs) {
     kernels::FusedLayout flat;
     const int64_t n = numel_of(out);
     flat.ndim = n == 1 ? 0 : 1;
@@ -103,11 +117,10 @@ kernels::FusedLayout make_fused_layout(const Shape& out, const std::vector<Shape
   const std::size_t rank = out.size();
   std::vector<std::vector<int64_t>> strides(inputs.size(), std::vector<int64_t>(rank, 0));
   for (std::size_t i = 0; i < inputs.size(); ++i) {
-    int64_t stride = 1;
+    const Shape own = input_strides[i].empty() ? contiguous_strides(inputs[i]) : input_strides[i];
     for (std::size_t k = 0; k < inputs[i].size(); ++k) {
-      const int64_t extent = inputs[i][inputs[i].size() - 1 - k];
-      strides[i][rank - 1 - k] = extent == 1 ? 0 : stride;
-      stride *= extent;
+      const std::size_t d = inputs[i].size() - 1 - k;
+      strides[i][rank - 1 - k] = inputs[i][d] == 1 ? 0 : own[d];  // an extent-1 dim broadcasts
     }
   }
   // Innermost first: merge a dim into its inner neighbour when every input steps through the pair
@@ -182,11 +195,26 @@ TensorMeta matmul_meta(const TensorMeta& a, const TensorMeta& b) {
   return TensorMeta{std::move(out), a.dtype, a.device};
 }
 
-TensorMeta transpose_meta(const TensorMeta& a) {
-  if (a.shape.size() < 2) fail("transpose", "needs at least 2 dims, got " + shape_str(a.shape));
-  Shape out = a.shape;
-  std::swap(out[out.size() - 1], out[out.size() - 2]);
-  return TensorMeta{std::move(out), a.dtype, a.device};
+TensorMeta cat_meta(const std::vector<TensorMeta>& in, int dim) {
+  if (in.empty()) fail("cat", "needs at least one tensor");
+  check_same_device("cat", in);
+  const TensorMeta& first = in[0];
+  const int d = normalize_dim("cat", dim, first.shape.size());
+  Shape out = first.shape;
+  out[static_cast<std::size_t>(d)] = 0;
+  for (std::size_t i = 0; i < in.size(); ++i) {
+    check_same_dtype("cat", first, in[i]);
+    bool same = in[i].shape.size() == first.shape.size();
+    for (std::size_t k = 0; same && k < first.shape.size(); ++k)
+      same = k == static_cast<std::size_t>(d) || in[i].shape[k] == first.shape[k];
+    if (!same)
+      fail("cat", "tensor " + std::to_string(i + 1) + " has shape " + shape_str(in[i].shape) + ", tensor 1 " +
+                      shape_str(first.shape) + ": all extents but dim " + std::to_string(dim) + " must agree");
+    if (__builtin_add_overflow(out[static_cast<std::size_t>(d)], in[i].shape[static_cast<std::size_t>(d)],
+                               &out[static_cast<std::size_t>(d)]))
+      fail("cat", "the extent of dim " + std::to_string(dim) + " overflows int64");
+  }
+  return TensorMeta{std::move(out), first.dtype, first.device};
 }
 
 TensorMeta layer_norm_meta(const TensorMeta& x, const TensorMeta& gamma, const TensorMeta& beta) {

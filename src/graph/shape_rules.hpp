@@ -19,7 +19,13 @@ struct TensorMeta {
   Shape shape;
   DType dtype;
   Device device;
+  Shape strides = {};  // empty: contiguous (every op result but a view)
 };
+
+// What t looks like (strides only when it is not contiguous).
+TensorMeta meta_of(const Tensor& t);
+// m's strides, the contiguous ones when m.strides is empty.
+Shape strides_of(const TensorMeta& m);
 
 std::string describe(const TensorMeta& m);  // "[2, 3] f32 cpu"
 
@@ -39,7 +45,9 @@ TensorMeta elementwise_meta(kernels::ElementwiseOp op, DType cast_to, const std:
 // How each input is indexed by the output of a broadcast: the output shape and every input's
 // strides (0 where broadcast) collapsed into as few dims as possible (std::invalid_argument if more
 // than kMaxDims remain). The layout of every element-wise kernel.
-kernels::FusedLayout make_fused_layout(const Shape& out, const std::vector<Shape>& inputs);
+// strides[i] empty: input i is contiguous.
+kernels::FusedLayout make_fused_layout(const Shape& out, const std::vector<Shape>& inputs,
+                                       const std::vector<Shape>& strides);
 
 // Normalizes a possibly negative dim for a tensor of `rank` dims, or throws naming the op.
 int normalize_dim(const char* op, int dim, std::size_t rank);
@@ -47,7 +55,7 @@ int normalize_dim(const char* op, int dim, std::size_t rank);
 TensorMeta reduce_meta(const char* op, const TensorMeta& a, int dim, bool keepdim, bool needs_elements, DType result);
 TensorMeta softmax_meta(const TensorMeta& a, int dim);
 TensorMeta matmul_meta(const TensorMeta& a, const TensorMeta& b);
-TensorMeta transpose_meta(const TensorMeta& a);
+TensorMeta cat_meta(const std::vector<TensorMeta>& in, int dim);
 TensorMeta layer_norm_meta(const TensorMeta& x, const TensorMeta& gamma, const TensorMeta& beta);
 TensorMeta index_select_meta(const TensorMeta& a, int dim, const TensorMeta& index);
 TensorMeta embedding_meta(const TensorMeta& weight, const TensorMeta& ids);

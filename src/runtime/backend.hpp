@@ -67,8 +67,6 @@ class Backend {
                           std::int64_t cols, float eps, StreamImpl& stream) = 0;
   // Accumulates in f32 whatever the dtype.
   virtual void matmul(DType dtype, const void* a, const void* b, void* c, MatmulDims dims, StreamImpl& stream) = 0;
-  virtual void transpose(std::size_t element_bytes, const void* x, void* out, std::int64_t batch, std::int64_t rows,
-                         std::int64_t cols, StreamImpl& stream) = 0;
   // out[o, j, i] = x[o, index[j], i] (x [outer, extent, inner], out [outer, count, inner]). Never
   // reads or writes out of bounds: it waits for the stream to reach the end of the copy and returns
   // the first index outside [0, extent), if any (the output is then unspecified).

@@ -162,11 +162,6 @@ class CpuBackend final : public Backend {
     });
   }
 
-  void transpose(std::size_t element_bytes, const void* x, void* out, std::int64_t batch, std::int64_t rows,
-                 std::int64_t cols, StreamImpl& stream) override {
-    enqueue_cpu(stream, [=] { kernels::cpu::transpose(element_bytes, x, out, batch, rows, cols); });
-  }
-
   std::optional<IndexFault> index_select(const void* x, std::size_t element_bytes, const void* index, DType index_dtype,
                                          std::int64_t outer, std::int64_t extent, std::int64_t count, std::int64_t inner,
                                          void* out, StreamImpl& stream) override {

@@ -77,12 +77,6 @@ class CudaBackend final : public Backend {
     kernels::cuda::matmul(cublas_handle(stream), dtype, a, b, c, d.batch, d.m, d.k, d.n, d.a_stride, d.b_stride);
   }
 
-  void transpose(std::size_t element_bytes, const void* x, void* out, std::int64_t batch, std::int64_t rows,
-                 std::int64_t cols, StreamImpl& stream) override {
-    CudaDeviceGuard guard(stream.device().index());
-    kernels::cuda::transpose(element_bytes, x, out, batch, rows, cols, cuda_handle(stream));
-  }
-
   std::optional<IndexFault> index_select(const void* x, std::size_t element_bytes, const void* index, DType index_dtype,
                                          std::int64_t outer, std::int64_t extent, std::int64_t count, std::int64_t inner,
                                          void* out, StreamImpl& stream) override {
