@@ -65,7 +65,11 @@ std::vector<Tensor> launch_fused(const FusedKernel& kernel, const std::vector<co
   if (fused) check_injected_launch_fault("fused");  // tests: runtime/fault_injection.hpp
   std::vector<const void*> in;
   in.reserve(inputs.size());
-  for (const Tensor* t : inputs) in.push_back(t->data_ptr());
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    const Tensor& t = *inputs[i];
+    const int64_t offset = kernel.input_offsets.empty() ? 0 : kernel.input_offsets[i];
+    in.push_back(static_cast<const char*>(t.data_ptr()) + offset * static_cast<int64_t>(dtype_size(t.dtype())));
+  }
   std::vector<Tensor> outputs;
   std::vector<void*> out;
   for (DType dtype : kernel.program->output_dtypes) {

@@ -18,6 +18,9 @@ struct FusedKernel {
   std::shared_ptr<const kernels::FusedProgram> program;
   std::shared_ptr<const kernels::FusedLayout> layout;
   std::vector<float> scalars;
+  // Per input, elements to add to its data pointer (a view's offset inside a fused group: a slice
+  // or select between members); empty: none.
+  std::vector<int64_t> input_offsets;
   Shape out_shape;  // the shape of every output
   std::string ops;  // the ops it computes, for DEFER_LOG
   int op_count = 0; // more than one: a fused kernel (Stats::fused_kernels)

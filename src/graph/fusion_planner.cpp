@@ -1,6 +1,8 @@
 #include "graph/fusion_planner.hpp"
 
 #include <algorithm>
+#include <functional>
+#include <string>
 #include <optional>
 #include <stdexcept>
 #include <unordered_map>
@@ -84,6 +86,10 @@ struct Planning {
   FusionPlan& plan;
   std::vector<bool> closed;      // per group: a node outside it consumes a member
   std::vector<long> group_uses;  // per node: reads of it by members of its own group
+  // Per node: for a view (or a chain of views) of an open group that nobody else reads, that group:
+  // the view joins it, with the views below it (view_chain), when its one consumer merges it.
+  std::vector<int> view_group;
+  std::vector<std::vector<std::size_t>> view_chain;
 
   // Plan positions of a node's inputs computed in this plan, once per edge.
   std::vector<std::size_t> pending_inputs(std::size_t i) const {
@@ -165,12 +171,53 @@ struct Planning {
     return true;
   }
 
+  // The group a pending view of an open group leads to, when it may join it: nobody but `reader`
+  // reads the view; -1 otherwise.
+  int view_into(std::size_t view) const {
+    const int g = view_group[view];
+    if (g < 0 || closed[static_cast<std::size_t>(g)] || refs.held(view) || refs.internal[view] != 1) return -1;
+    return g;
+  }
+
+  // A view of a member of an open group whose members nobody else reads (or a view of such a
+  // view) waits for its consumer: an element-wise consumer merges the group through it.
+  void place_view(std::size_t i, const std::vector<std::size_t>& pending) {
+    if (pending.size() == 1) {
+      const std::size_t j = pending[0];
+      const int g = plan.group_of[j];
+      if (g >= 0 && !closed[static_cast<std::size_t>(g)] && private_to(g, i)) {
+        view_group[i] = g;
+        view_chain[i] = {i};
+        return;
+      }
+      if (g < 0 && view_into(j) >= 0) {
+        view_group[i] = view_group[j];
+        view_chain[i] = view_chain[j];
+        view_chain[i].push_back(i);
+        return;
+      }
+    }
+    for (std::size_t j : pending) close_behind(j);
+  }
+
+  // Node j is read from outside its group (or from outside the group its view leads to).
+  void close_behind(std::size_t j) {
+    if (plan.group_of[j] >= 0) closed[static_cast<std::size_t>(plan.group_of[j])] = true;
+    else if (view_group[j] >= 0) closed[static_cast<std::size_t>(view_group[j])] = true;
+  }
+
   void place(std::size_t i) {
     const std::vector<std::size_t> pending = pending_inputs(i);
     auto close_inputs_except = [&](int keep) {
-      for (std::size_t j : pending)
-        if (plan.group_of[j] >= 0 && plan.group_of[j] != keep) closed[static_cast<std::size_t>(plan.group_of[j])] = true;
+      for (std::size_t j : pending) {
+        const int g = plan.group_of[j] >= 0 ? plan.group_of[j] : view_group[j];
+        if (g >= 0 && g != keep) closed[static_cast<std::size_t>(g)] = true;
+      }
     };
+    if (order[i]->spec().kind == OpKind::view) {
+      place_view(i, pending);
+      return;
+    }
     if (join_as_reduction(i, pending)) return;
     if (!fusible(order[i], meta, index, i)) {
       close_inputs_except(-1);
@@ -179,16 +226,31 @@ struct Planning {
     // The open groups of the pending inputs that can become one group with node i.
     const Shape& shape = meta[i].shape;
     std::vector<int> merge;
+    std::vector<std::size_t> views;  // views through which a merged group is read
     for (std::size_t j : pending) {
-      const int g = plan.group_of[j];
-      if (g < 0 || closed[static_cast<std::size_t>(g)] || std::find(merge.begin(), merge.end(), g) != merge.end())
-        continue;
+      int g = plan.group_of[j];
+      bool through_view = false;
+      if (g < 0) {
+        g = view_into(j);
+        through_view = g >= 0 && (meta[j].shape == shape || broadcasts_to(meta[j].shape, shape));
+        if (!through_view) continue;
+      }
+      if (closed[static_cast<std::size_t>(g)] || std::find(merge.begin(), merge.end(), g) != merge.end()) continue;
       const Shape& domain = plan.groups[static_cast<std::size_t>(g)].shape;
-      if (domain == shape || (broadcasts_to(domain, shape) && private_to(g, i))) merge.push_back(g);
+      if (through_view) {
+        merge.push_back(g);
+        views.insert(views.end(), view_chain[j].begin(), view_chain[j].end());
+      } else if (domain == shape || (broadcasts_to(domain, shape) && private_to(g, i))) {
+        merge.push_back(g);
+      }
     }
     std::vector<std::size_t> members{i};
     std::vector<char> in_group(order.size(), 0);
     in_group[i] = 1;
+    for (std::size_t v : views) {
+      members.push_back(v);
+      in_group[v] = 1;
+    }
     for (int g : merge)
       for (OpNode* member : plan.groups[static_cast<std::size_t>(g)].members) {
         members.push_back(index.at(member));
@@ -202,6 +264,10 @@ struct Planning {
     // Merge into the first, keeping the members in topological order.
     const int target = merge.front();
     FusionGroup& group = plan.groups[static_cast<std::size_t>(target)];
+    for (std::size_t v : views) {
+      group.members.push_back(order[v]);
+      plan.group_of[v] = target;
+    }
     for (std::size_t k = 1; k < merge.size(); ++k) {
       FusionGroup& other = plan.groups[static_cast<std::size_t>(merge[k])];
       for (OpNode* member : other.members) plan.group_of[index.at(member)] = target;
@@ -234,7 +300,8 @@ FusionPlan plan_fusion(const std::vector<OpNode*>& order) {
   for (std::size_t i = 0; i < n; ++i) plan.metas.emplace(order[i], meta[i]);
 
   const PlanRefs refs = plan_refs(order, index);
-  Planning planning{order, index, meta, refs, plan, {}, std::vector<long>(n, 0)};
+  Planning planning{order, index, meta, refs, plan, {}, std::vector<long>(n, 0), std::vector<int>(n, -1),
+                    std::vector<std::vector<std::size_t>>(n)};
   for (std::size_t i = 0; i < n; ++i) planning.place(i);
 
   // Which members are written: the group's last, those consumed outside the group, and those that
@@ -265,11 +332,47 @@ FusionPlan plan_fusion(const std::vector<OpNode*>& order) {
   return plan;
 }
 
+namespace {
+
+// How a member's value is addressed from the group's domain: the views between the member's own
+// coordinates and the domain's, applied in order to a layout in the member's coordinates (a
+// broadcast into a reader's shape is an expand). Empty: the member is computed over the domain
+// itself. A view between element-wise members is an index map, not a materialization: the members
+// under it are recomputed through the map, and their loads read through the composed strides.
+struct ViewStep {
+  ViewOp op;
+  std::vector<int64_t> args;
+};
+using ViewChain = std::vector<ViewStep>;
+
+// The chain of a value read by a node of shape `reader` whose own chain is `outer`.
+ViewChain operand_chain(const Shape& operand, const Shape& reader, const ViewChain& outer) {
+  ViewChain chain;
+  if (operand != reader) chain.push_back({ViewOp::expand, reader});  // NumPy broadcasting
+  chain.insert(chain.end(), outer.begin(), outer.end());
+  return chain;
+}
+
+std::string chain_key(const AwaitStateBase* s, const ViewChain& chain) {
+  std::string key(reinterpret_cast<const char*>(&s), sizeof s);
+  for (const ViewStep& step : chain) {
+    key += static_cast<char>(step.op);
+    key += static_cast<char>(step.args.size());
+    key.append(reinterpret_cast<const char*>(step.args.data()), step.args.size() * sizeof(int64_t));
+  }
+  return key;
+}
+
+}  // namespace
+
 bool build_program(FusionGroup& group, const FusionPlan& plan) {
   auto program = std::make_shared<kernels::FusedProgram>();
   std::vector<float> scalars;
-  std::unordered_map<const AwaitStateBase*, std::uint16_t> value_of;  // members and loaded inputs
+  std::unordered_map<std::string, std::uint16_t> value_of;  // (state, chain) -> SSA value
   std::vector<Shape> input_shapes, input_strides;
+  std::vector<int64_t> input_offsets;
+  std::unordered_map<const AwaitStateBase*, bool> is_member;
+  for (OpNode* member : group.members) is_member.emplace(member, true);
   auto fail = [&] {
     group.inputs.clear();
     return false;
@@ -278,46 +381,80 @@ bool build_program(FusionGroup& group, const FusionPlan& plan) {
     auto planned = plan.metas.find(s);  // a node of this plan: not run yet
     return planned != plan.metas.end() ? planned->second : meta_of(s->value());
   };
-  auto value = [&](AwaitState<Tensor>* s) -> std::uint16_t {
-    auto it = value_of.find(s);
-    if (it != value_of.end()) return it->second;
-    const auto input = static_cast<std::uint16_t>(group.inputs.size());
-    group.inputs.push_back(s);
-    const TensorMeta meta = input_meta(s);
-    input_shapes.push_back(meta.shape);
-    input_strides.push_back(meta.strides);
-    program->input_dtypes.push_back(meta.dtype);
-    kernels::FusedInstr load;  // a load of the new input
-    load.a = input;
-    program->code.push_back(load);
-    const auto v = static_cast<std::uint16_t>(program->code.size() - 1);
-    value_of.emplace(s, v);
+  struct TooLarge {};
+  // The SSA value of `s` addressed through `chain`; members are emitted on first use.
+  std::function<std::uint16_t(AwaitState<Tensor>*, const ViewChain&)> value = [&](AwaitState<Tensor>* s,
+                                                                                   const ViewChain& chain) -> std::uint16_t {
+    const std::string key = chain_key(s, chain);
+    if (auto it = value_of.find(key); it != value_of.end()) return it->second;
+    if (program->code.size() >= static_cast<std::size_t>(kernels::kMaxFusedInstructions)) throw TooLarge{};
+    std::uint16_t v = 0;
+    if (is_member.count(s) != 0) {
+      OpNode* node = static_cast<OpNode*>(s);
+      const OpSpec& spec = node->spec();
+      if (spec.kind == OpKind::view) {  // no instruction: the input through one more view
+        ViewChain inner{ViewStep{spec.view, spec.args}};
+        inner.insert(inner.end(), chain.begin(), chain.end());
+        v = value(node->inputs()[0], inner);
+      } else {
+        const kernels::ElementwiseInfo& info = kernels::info(spec.op);
+        const Shape& shape = plan.metas.at(node).shape;
+        std::uint16_t operands[kernels::kMaxOpTensors] = {};
+        for (int k = 0; k < info.tensors; ++k) {
+          AwaitState<Tensor>* in = node->inputs()[static_cast<std::size_t>(k)];
+          operands[k] = value(in, operand_chain(input_meta(in).shape, shape, chain));
+        }
+        const auto first_scalar = static_cast<std::uint16_t>(scalars.size());
+        std::vector<TensorMeta> in;
+        for (AwaitState<Tensor>* x : node->inputs()) in.push_back(input_meta(x));
+        const std::vector<float> own = fused_scalars(spec, data_dtype(spec, in));
+        scalars.insert(scalars.end(), own.begin(), own.end());
+        // The result's dtype: every value is rounded as the node's own tensor would hold it.
+        program->code.push_back(
+            {kernels::FusedKind::op, spec.op, plan.metas.at(node).dtype, operands[0], operands[1], operands[2], first_scalar});
+        v = static_cast<std::uint16_t>(program->code.size() - 1);
+      }
+    } else {
+      // An external input: its layout carried through the chain into the domain's coordinates.
+      const TensorMeta meta = input_meta(s);
+      std::optional<Strided> layout = Strided{meta.shape, strides_of(meta), 0};
+      for (const ViewStep& step : chain) {
+        layout = apply_view(step.op, step.args, *layout);
+        if (!layout) throw std::invalid_argument("fusion: a reshape inside the group needs a copy");
+      }
+      if (layout->shape != group.shape) throw std::invalid_argument("fusion: a load does not cover the domain");
+      const auto input = static_cast<std::uint16_t>(group.inputs.size());
+      group.inputs.push_back(s);
+      input_shapes.push_back(layout->shape);
+      input_strides.push_back(std::move(layout->strides));
+      input_offsets.push_back(layout->offset);
+      program->input_dtypes.push_back(meta.dtype);
+      kernels::FusedInstr load;  // a load of the new input
+      load.a = input;
+      program->code.push_back(load);
+      v = static_cast<std::uint16_t>(program->code.size() - 1);
+    }
+    value_of.emplace(key, v);
     return v;
   };
-  for (std::size_t m = 0; m < group.members.size(); ++m) {
-    OpNode* node = group.members[m];
-    const OpSpec& spec = node->spec();
-    if (spec.kind == OpKind::reduce) {  // the group's last member: reduces its input's value
-      program->reduction = kernels::FusedReduction{spec.reduce, value_of.at(node->inputs()[0])};
-      continue;
-    }
-    const kernels::ElementwiseInfo& info = kernels::info(spec.op);
-    std::uint16_t operands[kernels::kMaxOpTensors] = {};
-    for (int k = 0; k < info.tensors; ++k) operands[k] = value(node->inputs()[static_cast<std::size_t>(k)]);
-    const auto first_scalar = static_cast<std::uint16_t>(scalars.size());
-    std::vector<TensorMeta> in;
-    for (AwaitState<Tensor>* s : node->inputs()) in.push_back(input_meta(s));
-    const std::vector<float> own = fused_scalars(spec, data_dtype(spec, in));
-    scalars.insert(scalars.end(), own.begin(), own.end());
-    // The result's dtype: every value is rounded as the node's own tensor would hold it.
-    program->code.push_back({kernels::FusedKind::op, spec.op, plan.metas.at(node).dtype, operands[0], operands[1],
-                             operands[2], first_scalar});
-    const auto v = static_cast<std::uint16_t>(program->code.size() - 1);
-    value_of.emplace(node, v);
-    if (group.materialize[m]) {
-      program->outputs.push_back(v);
+  try {
+    for (std::size_t m = 0; m < group.members.size(); ++m) {
+      OpNode* node = group.members[m];
+      const OpSpec& spec = node->spec();
+      if (spec.kind == OpKind::reduce) {  // the group's last member: reduces its input's value
+        program->reduction = kernels::FusedReduction{spec.reduce, value(node->inputs()[0], {})};
+        continue;
+      }
+      if (!group.materialize[m]) continue;  // computed where it is read
+      // A written member is computed over the domain itself; a view has no tensor of its own here.
+      if (spec.kind == OpKind::view || plan.metas.at(node).shape != group.shape) return fail();
+      program->outputs.push_back(value(node, {}));
       program->output_dtypes.push_back(plan.metas.at(node).dtype);
     }
+  } catch (const TooLarge&) {
+    return fail();
+  } catch (const std::invalid_argument&) {
+    return fail();
   }
   if (program->reduction) {
     // A member the reduction does not read is still needed outside the group: no single kernel.
@@ -344,6 +481,7 @@ bool build_program(FusionGroup& group, const FusionPlan& plan) {
     kernels::validate(*program, *layout);
     group.kernel.program = std::move(program);
     group.kernel.layout = std::move(layout);
+    group.kernel.input_offsets = std::move(input_offsets);
     group.kernel.scalars = std::move(scalars);
     group.kernel.op_count = static_cast<int>(group.members.size());
     for (OpNode* node : group.members)
