@@ -34,9 +34,9 @@ struct Inputs {
 };
 
 // Several results over shared subexpressions: element-wise chains (fused when fusion is on),
-// matmul, reductions, softmax, layer_norm, transpose, and every other kind of kernel: casts to f16
-// and an f16 layer_norm, comparisons and where, the exact integer path, index_select, embedding,
-// min and argmax.
+// matmul, reductions, softmax, layer_norm, a contiguous transpose, and every other kind of kernel:
+// casts to f16 and an f16 layer_norm, comparisons and where, the exact integer path, index_select,
+// embedding, min and argmax, views fused and copied, and cat.
 std::vector<TensorAwait> workload(const Inputs& in) {
   TensorAwait h = matmul(in.x, in.w) + in.b;
   TensorAwait act = gelu(h) * 0.5f + sigmoid(h);
@@ -50,7 +50,12 @@ std::vector<TensorAwait> workload(const Inputs& in) {
   TensorAwait picked = index_select(where(gt(act, 0.f), act, act * 0.1f), 1, in.cols);
   TensorAwait rows = embedding(norm, in.ids);
   TensorAwait same = to(eq(in.ids, in.ids), DType::f32);
-  return {probs, total, t, m, max(norm, 0), half, picked, rows, same, argmax(norm, 1), min(norm, 0)};
+  // Views and the kernels behind them: a view inside a fused group (with a fused reduction), a
+  // reshape that must copy, and cat of strided pieces.
+  TensorAwait heads = sum(transpose(view(act, {64, 4, 4}), 0, 1) * 2.f, 2);
+  TensorAwait flat = reshape(transpose(act), {-1});
+  TensorAwait pieces = cat({slice(act, 0, 0, 16), transpose(slice(norm, 0, 32, 48))}, 1);
+  return {probs, total, t, m, max(norm, 0), half, picked, rows, same, argmax(norm, 1), min(norm, 0), heads, flat, pieces};
 }
 
 std::vector<std::vector<float>> clean_results(const Inputs& in) {
