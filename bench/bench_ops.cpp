@@ -132,7 +132,11 @@ void register_all() {
         "layer_norm", sz.label,
         [shape, row] { return defer::layer_norm(input(shape, 1), input(row, 3), input(row, 4)); },
         (2 * n + 2 * sz.cols) * kF32);
-    register_pair("transpose", sz.label, [shape] { return defer::transpose(input(shape, 1)); }, 2 * n * kF32);
+    // transpose is a view (it launches nothing): "transpose" times contiguous(transpose(x)), a real
+    // copy of the transposed layout into a dense tensor. (Deferred, that two-op graph is replayed
+    // after the first wait: a graph launch, so launches/iter reads 0 there.)
+    register_pair("transpose", sz.label, [shape] { return defer::contiguous(defer::transpose(input(shape, 1))); },
+                  2 * n * kF32);
   }
 
   // matmul: 32x32 and 256x256 (square); bytes = both operands read once + the product written.

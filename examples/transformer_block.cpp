@@ -67,20 +67,10 @@ Tensor random_tensor(Random& rng, const defer::Shape& shape, float lo, float hi,
   return defer::from_vector(values, shape, device);
 }
 
-// defer has no reshape or permute, so each attention head has projection weights of its own:
-// Wq_h [hidden, head_dim] is the h-th block of head_dim columns of the usual Wq [hidden, hidden],
-// and Wo_h [head_dim, hidden] the h-th block of head_dim rows of Wo. Then
-// concat_h(o_h) · Wo = sum_h o_h · Wo_h, so this is exactly the usual concat-heads attention.
-struct Head {
-  Tensor wq, wk, wv;  // [hidden, head_dim]
-  Tensor bq, bk, bv;  // [head_dim]
-  Tensor wo;          // [head_dim, hidden]
-};
-
 struct Weights {
   Tensor ln1_gamma, ln1_beta;  // [hidden]
-  std::vector<Head> heads;
-  Tensor bo;                   // [hidden], the output projection's bias
+  Tensor wq, wk, wv, wo;       // [hidden, hidden]: the query, key, value and output projections
+  Tensor bq, bk, bv, bo;       // [hidden]
   Tensor ln2_gamma, ln2_beta;  // [hidden]
   Tensor w1, c1;               // [hidden, mlp], [mlp]
   Tensor w2, c2;               // [mlp, hidden], [hidden]
@@ -97,17 +87,13 @@ Weights make_weights(Random& rng, Device device) {
   Weights w;
   w.ln1_gamma = gamma(kHidden);
   w.ln1_beta = bias(kHidden);
-  for (std::int64_t h = 0; h < kHeads; ++h) {
-    Head head;
-    head.wq = matrix(kHidden, kHeadDim);
-    head.wk = matrix(kHidden, kHeadDim);
-    head.wv = matrix(kHidden, kHeadDim);
-    head.bq = bias(kHeadDim);
-    head.bk = bias(kHeadDim);
-    head.bv = bias(kHeadDim);
-    head.wo = matrix(kHeadDim, kHidden);
-    w.heads.push_back(head);
-  }
+  w.wq = matrix(kHidden, kHidden);
+  w.wk = matrix(kHidden, kHidden);
+  w.wv = matrix(kHidden, kHidden);
+  w.wo = matrix(kHidden, kHidden);
+  w.bq = bias(kHidden);
+  w.bk = bias(kHidden);
+  w.bv = bias(kHidden);
   w.bo = bias(kHidden);
   w.ln2_gamma = gamma(kHidden);
   w.ln2_beta = bias(kHidden);
@@ -121,21 +107,24 @@ Weights make_weights(Random& rng, Device device) {
 // ---- The block ---------------------------------------------------------------------------------
 // Plain code on Await<Tensor>s. In deferred mode each line only records an op (shapes are checked
 // here, at the call); in eager mode each line launches its kernel.
+// [batch, seq, hidden] -> [batch, heads, seq, head_dim]: a view (no copy) that splits the hidden
+// dim into heads and swaps the seq and heads dims.
+TensorAwait split_heads(const TensorAwait& t) {
+  return defer::transpose(defer::view(t, {kBatch, kSeq, kHeads, kHeadDim}), 1, 2);
+}
+
 TensorAwait self_attention(const TensorAwait& h, const Weights& w) {
   const float scale = 1.f / std::sqrt(static_cast<float>(kHeadDim));
-  TensorAwait sum_of_heads;
-  for (const Head& head : w.heads) {
-    // [batch, seq, hidden] · [hidden, head_dim]: the 2-D weight is shared across the batch.
-    TensorAwait q = defer::matmul(h, head.wq) + head.bq;  // [batch, seq, head_dim]
-    TensorAwait k = defer::matmul(h, head.wk) + head.bk;
-    TensorAwait v = defer::matmul(h, head.wv) + head.bv;
-    TensorAwait scores = defer::matmul(q, defer::transpose(k)) * scale;  // [batch, seq, seq]
-    TensorAwait p = defer::softmax(scores, -1);                           // each row sums to 1
-    TensorAwait o = defer::matmul(p, v);                                  // [batch, seq, head_dim]
-    TensorAwait projected = defer::matmul(o, head.wo);                    // [batch, seq, hidden]
-    sum_of_heads = sum_of_heads.valid() ? sum_of_heads + projected : projected;
-  }
-  return sum_of_heads + w.bo;
+  // [batch, seq, hidden] · [hidden, hidden]: the 2-D weight is shared across the batch.
+  TensorAwait q = split_heads(defer::matmul(h, w.wq) + w.bq);          // [batch, heads, seq, head_dim]
+  TensorAwait k = split_heads(defer::matmul(h, w.wk) + w.bk);
+  TensorAwait v = split_heads(defer::matmul(h, w.wv) + w.bv);
+  TensorAwait scores = defer::matmul(q, defer::transpose(k)) * scale;  // [batch, heads, seq, seq]
+  TensorAwait p = defer::softmax(scores, -1);                           // each row sums to 1
+  TensorAwait o = defer::matmul(p, v);                                  // [batch, heads, seq, head_dim]
+  // Back to [batch, seq, hidden]: the transpose is a view, the reshape of it copies once.
+  TensorAwait merged = defer::reshape(defer::transpose(o, 1, 2), {kBatch, kSeq, kHidden});
+  return defer::matmul(merged, w.wo) + w.bo;
 }
 
 TensorAwait mlp(const TensorAwait& z, const Weights& w) {

@@ -191,19 +191,41 @@ inline Vec layer_norm(const Vec& x, const Vec& g, const Vec& b, int64_t cols, do
   return y;
 }
 
-// [batch?, m, k] x [batch?, k, n]; a 2-D operand is shared across the batch.
+// The result shape of torch.matmul: [..., m, k] x [..., k, n] -> broadcast(batch) + [m, n], a 1-D
+// first operand a row vector and a 1-D second operand a column vector, their added dim dropped.
+inline Dims matmul_shape(const Dims& sa, const Dims& sb) {
+  const Dims ba(sa.begin(), sa.size() > 2 ? sa.end() - 2 : sa.begin());
+  const Dims bb(sb.begin(), sb.size() > 2 ? sb.end() - 2 : sb.begin());
+  Dims out = broadcast_shape(ba, bb);
+  if (sa.size() >= 2) out.push_back(sa[sa.size() - 2]);
+  if (sb.size() >= 2) out.push_back(sb.back());
+  return out;
+}
+
+// torch.matmul of dense row-major operands, in float64 (see matmul_shape); broadcast batch dims
+// read the same matrix.
 inline Vec matmul(const Vec& a, const Dims& sa, const Vec& b, const Dims& sb) {
-  const int64_t m = sa[sa.size() - 2], k = sa.back(), n = sb.back();
-  const int64_t batch = sa.size() == 3 ? sa[0] : (sb.size() == 3 ? sb[0] : 1);
-  Vec c(static_cast<std::size_t>(batch * m * n), 0.0);
-  for (int64_t p = 0; p < batch; ++p) {
-    const int64_t ao = sa.size() == 3 ? p * m * k : 0, bo = sb.size() == 3 ? p * k * n : 0;
+  const Dims ma = sa.size() == 1 ? Dims{1, sa[0]} : sa;  // [k] -> [1, k]
+  const Dims mb = sb.size() == 1 ? Dims{sb[0], 1} : sb;  // [k] -> [k, 1]
+  const int64_t m = ma[ma.size() - 2], k = ma.back(), n = mb.back();
+  const Dims ba(ma.begin(), ma.end() - 2), bb(mb.begin(), mb.end() - 2);
+  const Dims batch = broadcast_shape(ba, bb);
+  const int64_t count = numel(batch);
+  Vec c(static_cast<std::size_t>(count * m * n), 0.0);
+  Dims idx(batch.size(), 0);
+  for (int64_t p = 0; p < count; ++p) {
+    const int64_t ao = (ba.empty() ? 0 : broadcast_offset(ba, batch, idx)) * m * k;
+    const int64_t bo = (bb.empty() ? 0 : broadcast_offset(bb, batch, idx)) * k * n;
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < n; ++j) {
         double acc = 0;
         for (int64_t q = 0; q < k; ++q) acc += a[static_cast<std::size_t>(ao + i * k + q)] * b[static_cast<std::size_t>(bo + q * n + j)];
         c[static_cast<std::size_t>(p * m * n + i * n + j)] = acc;
       }
+    for (std::size_t d = batch.size(); d-- > 0;) {
+      if (++idx[d] < batch[d]) break;
+      idx[d] = 0;
+    }
   }
   return c;
 }

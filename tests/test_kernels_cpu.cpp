@@ -7,7 +7,9 @@
 #include <array>
 #include <bit>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <numbers>
@@ -18,6 +20,8 @@
 
 #include "cpu/ops.hpp"
 #include "reference.hpp"
+#include "support/dtype_bytes.hpp"
+#include "support/matmul_cases.hpp"
 #include "support/one_op.hpp"
 
 namespace defer::kernels::cpu::detail {
@@ -29,6 +33,9 @@ namespace {
 
 using namespace defer::kernels;
 using namespace defer::testing;
+using defer::DType;
+using defer::dtype_name;
+using defer::dtype_size;
 using i64 = std::int64_t;
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
@@ -746,39 +753,256 @@ TEST(KernelsCpuLayerNorm, NaNPropagates) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// matmul, transpose
+// reductions, softmax and layer norm over strided axes (kernels/strided_axis.hpp)
 
-// Runs matmul on random inputs laid out with the given batch strides and checks c against a
-// float64 reference, with a tolerance relative to sum_p |a_ip b_pj| (the scale of the rounding).
-void check_matmul(i64 batch, i64 m, i64 k, i64 n, i64 sa, i64 sb, unsigned seed, const std::string& ctx,
-                  std::vector<float> a = {}, std::vector<float> b = {}) {
-  const i64 a_size = batch == 0 ? 0 : (batch - 1) * sa + m * k;
-  const i64 b_size = batch == 0 ? 0 : (batch - 1) * sb + k * n;
-  if (a.empty()) a = random_values(a_size, seed);
-  if (b.empty()) b = random_values(b_size, seed + 1);
-  Out c(batch * m * n);
-  cpu::matmul(a.data(), b.data(), c.data(), batch, m, k, n, sa, sb);
-  std::vector<double> want(static_cast<std::size_t>(batch * m * n)), scale(want.size());
-  for (i64 q = 0; q < batch; ++q)
-    for (i64 i = 0; i < m; ++i)
-      for (i64 j = 0; j < n; ++j) {
+// A storage buffer that a StridedAxis reads from `base` on (base chosen so that negative strides stay
+// inside), holding small nonzero integers: every sum is exact whatever the order of its additions.
+struct StridedCase {
+  const char* name;
+  StridedAxis axis;
+};
+
+i64 reach_below(const StridedAxis& a) {  // how far below x the axis reaches (>= 0)
+  auto below = [](i64 extent, i64 stride) { return stride < 0 ? -stride * (extent - 1) : 0; };
+  return below(a.outer, a.outer_stride) + below(a.n, a.n_stride) + below(a.inner, a.inner_stride);
+}
+i64 reach_above(const StridedAxis& a) {  // and above it
+  auto above = [](i64 extent, i64 stride) { return stride > 0 ? stride * (extent - 1) : 0; };
+  return above(a.outer, a.outer_stride) + above(a.n, a.n_stride) + above(a.inner, a.inner_stride);
+}
+
+std::vector<float> integer_storage(i64 n, unsigned seed) {
+  std::mt19937 gen(seed);
+  std::uniform_int_distribution<int> dist(-9, 9);
+  std::vector<float> v(static_cast<std::size_t>(n));
+  for (auto& x : v) {
+    int k = 0;
+    while (k == 0) k = dist(gen);
+    x = static_cast<float>(k);
+  }
+  return v;
+}
+
+// x[o, j, i] by hand: base + o * outer_stride + j * n_stride + i * inner_stride.
+double strided_at(const std::vector<float>& storage, i64 base, const StridedAxis& a, i64 o, i64 j, i64 i) {
+  return storage[static_cast<std::size_t>(base + o * a.outer_stride + j * a.n_stride + i * a.inner_stride)];
+}
+
+// Rows, columns (also wider than one chunk), unit and non-unit strides, negative and broadcast ones.
+const std::vector<StridedCase> kStridedCases = {
+    {"transposed [6,4] read as [4,6]", {4, 6, 1, 1, 4, 1}},
+    {"rows, n_stride 3, lanes and tail", {2, 50, 1, 150, 3, 1}},
+    {"columns, inner_stride 2", {2, 3, 40, 240, 80, 2}},
+    {"columns wider than a chunk, padded outers", {2, 3, 300, 907, 300, 1}},
+    {"rows with inner > 1 (reduced axis denser)", {2, 7, 3, 1, 2, 14}},
+    {"negative strides", {3, 5, 4, -20, 4, -1}},
+    {"reduced axis broadcast (stride 0)", {3, 6, 2, 2, 0, 1}},
+    {"outer broadcast (stride 0)", {4, 5, 1, 0, 1, 1}},
+    {"inner broadcast (stride 0)", {3, 4, 33, 4, 1, 0}},
+    {"n == 1 with an odd stride", {3, 1, 5, 5, 1000, 1}},
+};
+
+TEST(KernelsCpuStridedAxis, ContiguousHelpers) {
+  const StridedAxis a = StridedAxis::contiguous(2, 3, 4);
+  EXPECT_EQ(a.outer_stride, 12);
+  EXPECT_EQ(a.n_stride, 4);
+  EXPECT_EQ(a.inner_stride, 1);
+  EXPECT_TRUE(a.is_contiguous());
+  EXPECT_EQ(a.numel(), 24);
+  EXPECT_EQ(a.offset(1, 2, 3), 23);
+  EXPECT_TRUE((StridedAxis{1, 3, 4, 99, 4, 1}.is_contiguous())) << "an extent-1 axis takes any stride";
+  EXPECT_FALSE((StridedAxis{2, 3, 4, 12, 4, 2}.is_contiguous()));
+  EXPECT_FALSE((StridedAxis{2, 3, 1, 1, 2, 1}.is_contiguous()));
+}
+
+TEST(KernelsCpuStridedAxis, ReduceIsExact) {
+  for (const auto& [name, a] : kStridedCases) {
+    const i64 base = reach_below(a);
+    const auto storage = integer_storage(base + reach_above(a) + 1, 91);
+    const float* x = storage.data() + base;
+    for (ReduceOp op : {ReduceOp::sum, ReduceOp::mean, ReduceOp::max, ReduceOp::min}) {
+      std::vector<double> want;
+      for (i64 o = 0; o < a.outer; ++o)
+        for (i64 i = 0; i < a.inner; ++i) {
+          double s = 0, hi = -kDInf, lo = kDInf;
+          for (i64 j = 0; j < a.n; ++j) {
+            const double v = strided_at(storage, base, a, o, j, i);
+            s += v, hi = std::max(hi, v), lo = std::min(lo, v);
+          }
+          want.push_back(op == ReduceOp::sum    ? s
+                         : op == ReduceOp::mean ? s / static_cast<double>(a.n)
+                         : op == ReduceOp::max  ? hi
+                                                : lo);
+        }
+      Out out(a.outer * a.inner);
+      cpu::reduce(op, x, out.data(), a);
+      // sums of small integers are exact; a mean is one division away (rounded once to float)
+      expect_close(std::string(name) + " " + defer::kernels::name(op), want, out, relative(want, 1e-7, 0));
+    }
+  }
+}
+
+TEST(KernelsCpuStridedAxis, ArgmaxFirstOfTies) {
+  for (const auto& [name, a] : kStridedCases) {
+    const i64 base = reach_below(a);
+    const auto storage = integer_storage(base + reach_above(a) + 1, 92);  // 18 values: many ties
+    std::vector<i64> out(static_cast<std::size_t>(a.outer * a.inner) + 4, -7);
+    cpu::argmax(storage.data() + base, out.data(), a);
+    for (i64 o = 0; o < a.outer; ++o)
+      for (i64 i = 0; i < a.inner; ++i) {
+        i64 best = 0;
+        for (i64 j = 1; j < a.n; ++j)
+          if (strided_at(storage, base, a, o, j, i) > strided_at(storage, base, a, o, best, i)) best = j;
+        EXPECT_EQ(out[static_cast<std::size_t>(o * a.inner + i)], best) << name << " at (" << o << ", " << i << ")";
+      }
+    for (std::size_t k = static_cast<std::size_t>(a.outer * a.inner); k < out.size(); ++k)
+      EXPECT_EQ(out[k], -7) << name << ": past the end";
+  }
+}
+
+TEST(KernelsCpuStridedAxis, SoftmaxWritesTheLogicalOrder) {
+  for (const auto& [name, a] : kStridedCases) {
+    const i64 base = reach_below(a);
+    const auto storage = integer_storage(base + reach_above(a) + 1, 93);
+    std::vector<double> want(static_cast<std::size_t>(a.numel()));
+    for (i64 o = 0; o < a.outer; ++o)
+      for (i64 i = 0; i < a.inner; ++i) {
+        double m = -kDInf, s = 0;
+        for (i64 j = 0; j < a.n; ++j) m = std::max(m, strided_at(storage, base, a, o, j, i));
+        for (i64 j = 0; j < a.n; ++j) s += std::exp(strided_at(storage, base, a, o, j, i) - m);
+        for (i64 j = 0; j < a.n; ++j)
+          want[static_cast<std::size_t>((o * a.n + j) * a.inner + i)] = std::exp(strided_at(storage, base, a, o, j, i) - m) / s;
+      }
+    Out out(a.numel());
+    cpu::softmax(storage.data() + base, out.data(), a);
+    expect_close(std::string("softmax ") + name, want, out, relative(want, 1e-6));
+  }
+}
+
+TEST(KernelsCpuStridedAxis, LayerNormRows) {
+  const std::vector<StridedCase> cases = {
+      {"transposed [7,3] read as [3,7]", {3, 7, 1, 1, 3, 1}},
+      {"rows 10 apart, columns 2 apart", {4, 5, 1, 10, 2, 1}},
+      {"negative strides", {2, 5, 1, -5, -1, 1}},
+      {"one row broadcast", {3, 4, 1, 0, 1, 1}},
+      {"long rows, stride 3", {2, 1000, 1, 3000, 3, 1}},
+  };
+  for (const auto& [name, a] : cases) {
+    const i64 base = reach_below(a);
+    const auto storage = integer_storage(base + reach_above(a) + 1, 94);
+    const auto gamma = random_values(a.n, 95, 0.5f, 2.f), beta = random_values(a.n, 96);
+    std::vector<double> want, scale;
+    for (i64 r = 0; r < a.outer; ++r) {
+      double mean = 0, var = 0;
+      for (i64 c = 0; c < a.n; ++c) mean += strided_at(storage, base, a, r, c, 0);
+      mean /= static_cast<double>(a.n);
+      for (i64 c = 0; c < a.n; ++c) var += (strided_at(storage, base, a, r, c, 0) - mean) * (strided_at(storage, base, a, r, c, 0) - mean);
+      var /= static_cast<double>(a.n);
+      for (i64 c = 0; c < a.n; ++c) {
+        const double g = gamma[static_cast<std::size_t>(c)], b = beta[static_cast<std::size_t>(c)];
+        const double y = (strided_at(storage, base, a, r, c, 0) - mean) / std::sqrt(var + 1e-5) * g;
+        want.push_back(y + b);
+        scale.push_back(std::fabs(y) + std::fabs(b));
+      }
+    }
+    Out out(a.outer * a.n);
+    cpu::layer_norm(storage.data() + base, gamma.data(), beta.data(), out.data(), a, 1e-5f);
+    expect_close(std::string("layer_norm ") + name, want, out,
+                 [&](i64 i) { return 1e-6 * scale[static_cast<std::size_t>(i)]; });
+  }
+  // it normalizes the last axis only
+  const std::vector<float> x(8, 1.f), g(2, 1.f), b(2, 0.f);
+  Out out(8);
+  EXPECT_THROW(cpu::layer_norm(x.data(), g.data(), b.data(), out.data(), StridedAxis::contiguous(2, 2, 2), 1e-5f),
+               std::invalid_argument);
+}
+
+// The strided overloads read a dense buffer exactly as the contiguous ones (the same loops).
+TEST(KernelsCpuStridedAxis, ContiguousAxisMatchesDenseOverloadBitForBit) {
+  for (const auto& [outer, n, inner] : std::vector<std::array<i64, 3>>{{3, 1023, 1}, {2, 300, 17}, {5, 3, 300}}) {
+    const auto x = random_values(outer * n * inner, 97);
+    const StridedAxis a = StridedAxis::contiguous(outer, n, inner);
+    for (ReduceOp op : {ReduceOp::sum, ReduceOp::mean, ReduceOp::max, ReduceOp::min}) {
+      Out dense(outer * inner), strided(outer * inner);
+      cpu::reduce(op, x.data(), dense.data(), outer, n, inner);
+      cpu::reduce(op, x.data(), strided.data(), a);
+      for (i64 k = 0; k < outer * inner; ++k) ASSERT_EQ(dense[k], strided[k]) << defer::kernels::name(op) << " " << k;
+    }
+    Out dense(outer * n * inner), strided(outer * n * inner);
+    cpu::softmax(x.data(), dense.data(), outer, n, inner);
+    cpu::softmax(x.data(), strided.data(), a);
+    for (i64 k = 0; k < outer * n * inner; ++k) ASSERT_EQ(dense[k], strided[k]) << "softmax " << k;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// matmul
+
+// A NaN with a payload no arithmetic produces, per floating dtype.
+std::uint32_t poison_bits(DType t) { return t == DType::f32 ? kPoisonBits : t == DType::f16 ? 0x7e5au : 0x7fa5u; }
+
+// Runs the product on random inputs (rounded to t; or `a`, `b`) with the output poisoned and guarded,
+// and checks it against a float64 reference read through the layout, within a tolerance relative
+// to sum_p |a_ip b_pj| (f32 accumulation) plus one rounding to t.
+void check_matmul(DType t, const TestProduct& p, unsigned seed, std::vector<float> a = {}, std::vector<float> b = {}) {
+  const std::string ctx = p.name(t);
+  const MatmulLayout l = p.layout();
+  const i64 count = l.batch_count(), mn = p.m * p.n, total = count * mn;
+  if (a.empty()) a = random_values(operand_span(l.a, p.m, p.k, p.batch), seed);
+  if (b.empty()) b = random_values(operand_span(l.b, p.k, p.n, p.batch), seed + 1);
+  ASSERT_EQ(static_cast<i64>(a.size()), operand_span(l.a, p.m, p.k, p.batch)) << ctx;
+  ASSERT_EQ(static_cast<i64>(b.size()), operand_span(l.b, p.k, p.n, p.batch)) << ctx;
+  for (float& v : a) v = round_to(t, v);
+  for (float& v : b) v = round_to(t, v);
+  const std::vector<std::byte> ab = encode(t, a), bb = encode(t, b);
+  const std::size_t esize = defer::dtype_size(t);
+  std::vector<std::byte> out(static_cast<std::size_t>(total + kGuard) * esize);
+  const std::uint32_t poison = poison_bits(t);
+  for (std::size_t i = 0; i < out.size(); i += esize) std::memcpy(&out[i], &poison, esize);
+  cpu::matmul(t, ab.data(), bb.data(), out.data(), l);
+
+  const double unit = t == DType::f32 ? 0.0 : t == DType::f16 ? std::ldexp(1.0, -10) : std::ldexp(1.0, -7);
+  i64 bad = 0;
+  std::vector<i64> idx(p.batch.size(), 0);
+  for (i64 q = 0; q < count; ++q) {
+    i64 ao = 0, bo = 0;
+    for (std::size_t d = 0; d < idx.size(); ++d) ao += idx[d] * l.a.batch[d], bo += idx[d] * l.b.batch[d];
+    for (i64 i = 0; i < p.m; ++i)
+      for (i64 j = 0; j < p.n; ++j) {
         double s = 0, sabs = 0;
-        for (i64 p = 0; p < k; ++p) {
-          const double prod = static_cast<double>(a[static_cast<std::size_t>(q * sa + i * k + p)]) *
-                              b[static_cast<std::size_t>(q * sb + p * n + j)];
+        for (i64 r = 0; r < p.k; ++r) {
+          const double prod = static_cast<double>(a[static_cast<std::size_t>(ao + i * l.a.row + r * l.a.col)]) *
+                              b[static_cast<std::size_t>(bo + r * l.b.row + j * l.b.col)];
           s += prod;
           sabs += std::fabs(prod);
         }
-        const auto idx = static_cast<std::size_t>((q * m + i) * n + j);
-        want[idx] = s;
-        scale[idx] = sabs;
+        const i64 at = q * mn + i * p.n + j;
+        std::uint32_t bits = 0;
+        std::memcpy(&bits, &out[static_cast<std::size_t>(at) * esize], esize);
+        const float got = decode(t, &out[static_cast<std::size_t>(at) * esize], 1)[0];
+        const double tol = 1e-4 * std::fabs(s) + 1e-5 * sabs + unit * std::fabs(s) + (t == DType::f16 ? 1e-7 : 0.0);
+        const bool ok = bits != poison && matches(s, got, tol);
+        if (!ok && bad++ < 5)
+          ADD_FAILURE() << ctx << ": c[" << q << ", " << i << ", " << j << "] is " << got
+                        << (bits == poison ? " (not written)" : "") << ", want " << s << " (tolerance " << tol << ")";
       }
-  expect_close(ctx, want, c, [&](i64 i) {
-    const auto idx = static_cast<std::size_t>(i);
-    return 1e-4 * std::fabs(want[idx]) + 1e-5 * scale[idx];
-  });
+    for (std::size_t d = idx.size(); d-- > 0;) {
+      if (++idx[d] < p.batch[d]) break;
+      idx[d] = 0;
+    }
+  }
+  EXPECT_EQ(bad, 0) << ctx << ": " << bad << " of " << total << " elements differ";
+  for (i64 i = total; i < total + kGuard; ++i) {
+    std::uint32_t bits = 0;
+    std::memcpy(&bits, &out[static_cast<std::size_t>(i) * esize], esize);
+    if (bits != poison) {
+      ADD_FAILURE() << ctx << ": wrote past the end of the output (element " << i << " of " << total << ")";
+      break;
+    }
+  }
 }
 
+// Each case runs the default kernel (AVX2+FMA where the CPU has it) and the portable one.
 class KernelsCpuMatmul : public ::testing::TestWithParam<bool> {
  protected:
   void SetUp() override {
@@ -788,72 +1012,83 @@ class KernelsCpuMatmul : public ::testing::TestWithParam<bool> {
   void TearDown() override { cpu::detail::matmul_force_portable(false); }
 };
 
+// Edge tiles of both micro-kernels (4 x 8, 6 x 16), k blocks (256), n blocks (2048), vectors.
 const std::vector<std::array<i64, 3>> kMatmulShapes = {
     {0, 3, 4},  {3, 0, 4},     {3, 4, 0},    {1, 1, 1},    {1, 1, 5},    {5, 1, 1},      {1, 7, 1},
     {3, 5, 7},  {7, 5, 3},     {17, 1, 19},  {1, 300, 1},  {1, 513, 700}, {700, 3, 1},   {6, 16, 16},
     {4, 8, 8},  {67, 129, 33}, {13, 600, 37}, {200, 20, 30}, {3, 5, 2100}, {97, 257, 49}, {256, 256, 256}};
 
-TEST_P(KernelsCpuMatmul, Shapes) {
-  for (const auto& [m, k, n] : kMatmulShapes) check_matmul(1, m, k, n, m * k, k * n, 91, str("matmul", {m, k, n}));
+TEST_P(KernelsCpuMatmul, ShapesInEveryOrientation) {
+  for (const auto& [m, k, n] : kMatmulShapes)
+    for (const bool a_t : {false, true})
+      for (const bool b_t : {false, true}) check_matmul(DType::f32, {{}, m, k, n, a_t, b_t}, 91);
+}
+
+TEST_P(KernelsCpuMatmul, PaddedLeadingDimensions) {
+  for (const auto& [m, k, n] : std::vector<std::array<i64, 3>>{{5, 7, 9}, {67, 129, 33}, {13, 300, 70}})
+    for (const bool a_t : {false, true})
+      for (const bool b_t : {false, true}) check_matmul(DType::f32, {{}, m, k, n, a_t, b_t, /*pad=*/5}, 92);
 }
 
 TEST_P(KernelsCpuMatmul, KZeroGivesZeros) {
-  Out c(3 * 4 * 5);
-  cpu::matmul(nullptr, nullptr, c.data(), 3, 4, 0, 5, 0, 0);
-  c.expect_written("k == 0");
-  for (i64 i = 0; i < c.size(); ++i) EXPECT_EQ(c[i], 0.f);
+  for (const DType t : floating_dtypes()) {
+    MatmulLayout l;
+    l.m = 4, l.k = 0, l.n = 5, l.batch = {3};
+    l.a.batch = {0}, l.b.batch = {0};
+    std::vector<std::byte> out(60 * dtype_size(t), std::byte{0x5a});
+    cpu::matmul(t, nullptr, nullptr, out.data(), l);
+    for (const float v : decode(t, out.data(), 60)) EXPECT_EQ(v, 0.f) << dtype_name(t);
+  }
 }
 
-TEST_P(KernelsCpuMatmul, BatchStrides) {
-  for (const auto& [m, k, n] : std::vector<std::array<i64, 3>>{{1, 1, 1}, {3, 5, 7}, {33, 70, 18}, {1, 9, 300}}) {
-    const i64 batch = 3;
-    check_matmul(batch, m, k, n, m * k, k * n, 92, str("batched contiguous", {m, k, n}));
-    check_matmul(batch, m, k, n, 0, k * n, 93, str("shared a", {m, k, n}));
-    check_matmul(batch, m, k, n, m * k, 0, 94, str("shared b", {m, k, n}));
-    check_matmul(batch, m, k, n, 0, 0, 95, str("both shared", {m, k, n}));
-    check_matmul(batch, m, k, n, m * k + 5, k * n + 3, 96, str("padded strides", {m, k, n}));
-    check_matmul(batch, m, k, n, m * k + 5, 0, 97, str("padded a, shared b", {m, k, n}));
+TEST_P(KernelsCpuMatmul, BatchStridesSharedAndBroadcast) {
+  for (const auto& [m, k, n] : std::vector<std::array<i64, 3>>{{1, 1, 1}, {3, 5, 7}, {33, 70, 18}, {1, 9, 300}})
+    for (const bool a_t : {false, true})
+      for (const bool b_t : {false, true}) {
+        const std::vector<i64> b3 = {3};
+        check_matmul(DType::f32, {b3, m, k, n, a_t, b_t}, 93);                              // back to back
+        check_matmul(DType::f32, {b3, m, k, n, a_t, b_t, 0, 0, {true}, {}}, 94);            // shared a
+        check_matmul(DType::f32, {b3, m, k, n, a_t, b_t, 0, 0, {}, {true}}, 95);            // shared b
+        check_matmul(DType::f32, {b3, m, k, n, a_t, b_t, 0, 0, {true}, {true}}, 96);        // both shared
+        check_matmul(DType::f32, {b3, m, k, n, a_t, b_t, 2, 5}, 97);                        // padded, gaps
+        check_matmul(DType::f32, {b3, m, k, n, a_t, b_t, 0, 5, {}, {true}}, 98);            // gaps, shared b
+        // [1, H] x [B, 1] batch dims: a broadcast over the outer dim, b over the inner one.
+        check_matmul(DType::f32, {{2, 3}, m, k, n, a_t, b_t, 1, 0, {true, false}, {false, true}}, 99);
+        check_matmul(DType::f32, {{2, 1, 3}, m, k, n, a_t, b_t, 0, 3}, 100);
+      }
+  check_matmul(DType::f32, {{0}, 3, 4, 5}, 101);
+  check_matmul(DType::f32, {{5}, 0, 4, 5, false, false, 0, 0, {true}, {}}, 102);
+  check_matmul(DType::f32, {{2, 0, 3}, 3, 4, 5}, 103);
+}
+
+TEST_P(KernelsCpuMatmul, HalfPrecisionAccumulatesInFloatAndRoundsOnce) {
+  for (const DType t : {DType::f16, DType::bf16}) {
+    for (const auto& [m, k, n] : std::vector<std::array<i64, 3>>{{1, 1, 1}, {7, 5, 3}, {67, 300, 33}, {6, 16, 16}})
+      for (const bool a_t : {false, true})
+        for (const bool b_t : {false, true}) check_matmul(t, {{}, m, k, n, a_t, b_t, 1}, 104);
+    check_matmul(t, {{2, 3}, 9, 20, 11, true, false, 0, 2, {true, false}, {false, true}}, 105);
+    check_matmul(t, {{4}, 17, 33, 9, false, true, 0, 0, {}, {true}}, 106);
   }
-  check_matmul(0, 3, 4, 5, 12, 20, 98, "batch 0");
-  check_matmul(5, 0, 4, 5, 0, 20, 98, "m 0, batched");
 }
 
 TEST_P(KernelsCpuMatmul, NaNAndInf) {
   const i64 m = 5, k = 7, n = 9;
-  auto a = random_values(m * k, 99, 0.5f, 2.f);
-  auto b = random_values(k * n, 100);
-  a[2 * k + 3] = kNaN;  // row 2 of c: NaN
-  b[4 * n + 6] = kInf;  // column 6 of c: +inf (a is positive), but NaN in row 2
-  check_matmul(1, m, k, n, m * k, k * n, 0, "matmul specials", a, b);
+  for (const bool b_t : {false, true}) {
+    auto a = random_values(m * k, 99, 0.5f, 2.f);
+    auto b = random_values(k * n, 100);
+    a[2 * k + 3] = kNaN;                       // row 2 of c: NaN
+    b[b_t ? 6 * k + 4 : 4 * n + 6] = kInf;     // column 6 of c: +inf (a is positive), but NaN in row 2
+    check_matmul(DType::f32, {{}, m, k, n, false, b_t}, 0, a, b);
+  }
+}
+
+TEST_P(KernelsCpuMatmul, NonFloatingDTypesThrow) {
+  MatmulLayout l;
+  l.m = l.k = l.n = 1;
+  EXPECT_THROW(cpu::matmul(DType::i32, nullptr, nullptr, nullptr, l), std::invalid_argument);
 }
 
 INSTANTIATE_TEST_SUITE_P(Kernel, KernelsCpuMatmul, ::testing::Values(false, true),
                          [](const ::testing::TestParamInfo<bool>& p) { return p.param ? "Portable" : "Default"; });
-
-void check_transpose(i64 batch, i64 rows, i64 cols) {
-  const std::string ctx = str("transpose", {batch, rows, cols});
-  auto x = random_values(batch * rows * cols, 101);
-  if (!x.empty()) x[x.size() / 2] = kNaN;
-  Out out(batch * rows * cols);
-  cpu::transpose(sizeof(float), x.data(), out.data(), batch, rows, cols);
-  out.expect_written(ctx);
-  i64 bad = 0;
-  for (i64 q = 0; q < batch; ++q)
-    for (i64 r = 0; r < rows; ++r)
-      for (i64 c = 0; c < cols; ++c) {
-        const float want = x[static_cast<std::size_t>((q * rows + r) * cols + c)];
-        const float got = out[(q * cols + c) * rows + r];
-        if (std::bit_cast<std::uint32_t>(want) != std::bit_cast<std::uint32_t>(got) && bad++ < 5)
-          ADD_FAILURE() << ctx << ": (" << q << ", " << r << ", " << c << ") is " << got << ", want " << want;
-      }
-  EXPECT_EQ(bad, 0) << ctx;
-}
-
-TEST(KernelsCpuTranspose, Shapes) {
-  const std::vector<std::array<i64, 3>> shapes = {{1, 0, 5}, {2, 5, 0}, {0, 3, 3},    {1, 1, 1},     {1, 3, 5},
-                                                  {2, 67, 129}, {3, 1, 1023}, {2, 1023, 1}, {1, 33, 65}, {1, 1024, 1024},
-                                                  {4, 32, 32}, {1, 65537, 3}};
-  for (const auto& [batch, rows, cols] : shapes) check_transpose(batch, rows, cols);
-}
 
 }  // namespace

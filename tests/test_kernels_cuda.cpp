@@ -4,8 +4,8 @@
 // so a missing write cannot pass. Element-wise ops run as fused programs on CUDA, alone or fused:
 // every op of the op table is called through its public function on Device::cuda. Shapes reach
 // every kernel variant: vector and scalar element-wise paths, 32- and 64-bit broadcast indexing,
-// warp / block / column reductions, single-GEMM and batched matmul, partial transpose tiles. Every
-// case skips without a GPU.
+// warp / block / column reductions, single-GEMM and batched matmul with transposed, padded and
+// broadcast operands. Every case skips without a GPU.
 #include <gtest/gtest.h>
 
 #include <cuda_runtime_api.h>
@@ -18,6 +18,7 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <defer/defer.hpp>
@@ -34,6 +35,7 @@
 #include "support/op_call.hpp"
 #include "runtime/cuda/cublas_handle.hpp"
 #include "support/dtype_bytes.hpp"
+#include "support/matmul_cases.hpp"
 #include "support/one_op.hpp"
 #include "test_util.hpp"
 
@@ -651,54 +653,152 @@ TEST(KernelsCudaLayerNorm, MatchesCpu) {
     }
 }
 
-// ---- matmul and transpose ----------------------------------------------------------------------
+// ---- strided axes (kernels/strided_axis.hpp) ----------------------------------------------------
+
+// The GPU kernels read a strided axis of one storage as the CPU's do: row kernels (warp and block),
+// column tiles with a non-unit inner stride, negative and broadcast (0) strides.
+TEST(KernelsCudaStridedAxis, MatchesCpuOnTheSameStorage) {
+  DEFER_SKIP_WITHOUT_GPU();
+  using defer::kernels::StridedAxis;
+  struct Case {
+    const char* name;
+    StridedAxis axis;
+  };
+  const Case cases[] = {
+      {"transposed, warp rows", {40, 300, 1, 1, 40, 1}},
+      {"transposed, block rows", {3, 3000, 1, 1, 3, 1}},
+      {"rows with inner > 1, reduced axis denser", {2, 100, 50, 1, 2, 400}},
+      {"column tiles, inner stride 2", {4, 30, 64, 4000, 130, 2}},
+      {"negative strides", {3, 50, 40, -2000, -40, 1}},
+      {"reduced axis broadcast", {3, 20, 40, 40, 0, 1}},
+      {"outer broadcast, inner broadcast", {5, 33, 36, 0, 1, 0}},
+  };
+  for (const DType t : floating_dtypes())
+    for (const Case& c : cases) {
+      const StridedAxis& a = c.axis;
+      i64 below = 0, above = 0;
+      for (const auto& [extent, stride] : {std::pair<i64, i64>{a.outer, a.outer_stride}, {a.n, a.n_stride},
+                                           {a.inner, a.inner_stride}}) {
+        if (stride < 0) below -= stride * (extent - 1);
+        else above += stride * (extent - 1);
+      }
+      const auto storage = rounded(t, random_values(static_cast<std::size_t>(below + above + 1), 91, -10.f, 10.f));
+      const float* host = storage.data() + below;
+      const Tensor dx = upload(t, storage);
+      const void* x = bptr(dx) + below * static_cast<i64>(defer::dtype_size(t));
+      const std::string ctx = c.name + std::string(" ") + dname(t);
+      const i64 outputs = a.outer * a.inner;
+      for (const ReduceOp op : value_reduce_ops()) {
+        Tensor out = poisoned(outputs, t);
+        gpu::reduce(op, t, x, mptr(out), a, gpu_stream());
+        std::vector<float> want(static_cast<std::size_t>(outputs));
+        cpu::reduce(op, host, want.data(), a);
+        expect_close(std::string(defer::kernels::name(op)) + " " + ctx, download(out), as_dtype(t, want), rtol_of(t),
+                     t == DType::f32 ? 1e-5 : 1e-2);
+      }
+      Tensor index = poisoned(outputs, DType::i64);
+      gpu::reduce(ReduceOp::argmax, t, x, mptr(index), a, gpu_stream());
+      std::vector<i64> want_index(static_cast<std::size_t>(outputs));
+      cpu::argmax(host, want_index.data(), a);
+      EXPECT_EQ(defer::to_host<i64>(index), want_index) << "argmax " << ctx;
+      Tensor soft = poisoned(a.numel(), t);
+      gpu::softmax(t, x, mptr(soft), a, gpu_stream());
+      std::vector<float> want_soft(static_cast<std::size_t>(a.numel()));
+      cpu::softmax(host, want_soft.data(), a);
+      expect_close("softmax " + ctx, download(soft), as_dtype(t, want_soft), rtol_of(t, 1e-4),
+                   t == DType::f32 ? 1e-12 : 1e-6);
+      if (a.inner != 1) continue;
+      const auto gamma = rounded(t, random_values(static_cast<std::size_t>(a.n), 92, 0.5f, 2.f));
+      const auto beta = rounded(t, random_values(static_cast<std::size_t>(a.n), 93));
+      const Tensor dg = upload(t, gamma), db = upload(t, beta);
+      Tensor norm = poisoned(a.numel(), t);
+      gpu::layer_norm(t, x, cptr(dg), cptr(db), mptr(norm), a, 1e-5f, gpu_stream());
+      std::vector<float> want_norm(static_cast<std::size_t>(a.numel()));
+      cpu::layer_norm(host, gamma.data(), beta.data(), want_norm.data(), a, 1e-5f);
+      expect_close("layer_norm " + ctx, download(norm), as_dtype(t, want_norm), rtol_of(t, 1e-4),
+                   t == DType::f32 ? 1e-4 : 1e-2);
+    }
+}
+
+// ---- matmul --------------------------------------------------------------------------------------
 
 cublasHandle_t handle_for_current_stream() {
   return defer::detail::cublas_handle(defer::current_stream(gpu_device()).impl());
 }
 
+// The CPU kernel's answer (in f32, from the same values) for a product laid out as p says.
+std::vector<float> cpu_matmul(const defer::testing::TestProduct& p, const std::vector<float>& a,
+                              const std::vector<float>& b) {
+  const defer::kernels::MatmulLayout l = p.layout();
+  std::vector<float> want(static_cast<std::size_t>(l.batch_count() * p.m * p.n));
+  cpu::matmul(DType::f32, a.data(), b.data(), want.data(), l);
+  return want;
+}
+
 TEST(KernelsCudaMatmul, MatchesCpu) {
   DEFER_SKIP_WITHOUT_GPU();
-  struct Case {
-    i64 batch, m, k, n;
-    bool a_shared, b_shared;
-  };
-  const Case cases[] = {
-      {1, 64, 32, 48, false, false}, {3, 17, 33, 19, false, false}, {4, 10, 20, 30, false, true},  // one GEMM
-      {4, 10, 20, 30, true, false},  {2, 3, 4, 5, true, true},       {1, 1, 1000, 1, false, false},
-      {2, 129, 257, 65, false, false}, {1, 1, 1, 1, false, false},
+  using P = defer::testing::TestProduct;
+  // Single GEMMs, transposed operands (cuBLAS transpose flags), padded leading dimensions, one
+  // batch dim (one strided-batched call), shared operands, and two batch dims broadcast the
+  // [1, H] x [B, 1] way (a loop of strided-batched calls over the smaller dim).
+  const std::vector<P> cases = {
+      {{}, 64, 32, 48},
+      {{3}, 17, 33, 19},
+      {{4}, 10, 20, 30, false, false, 0, 0, {}, {true}},
+      {{4}, 10, 20, 30, false, false, 0, 0, {true}, {}},
+      {{2}, 3, 4, 5, false, false, 0, 0, {true}, {true}},
+      {{}, 1, 1000, 1},
+      {{2}, 129, 257, 65},
+      {{}, 1, 1, 1},
+      {{}, 64, 32, 48, true, false},
+      {{}, 64, 32, 48, false, true},
+      {{}, 67, 129, 33, true, true, 3},
+      {{3}, 17, 33, 19, true, false, 2, 5},
+      {{3}, 17, 33, 19, false, true, 0, 0, {true}, {}},
+      {{2, 3}, 9, 20, 11, false, false, 0, 0, {true, false}, {false, true}},
+      {{3, 2}, 9, 20, 11, true, true, 1, 3, {false, true}, {true, false}},
+      {{2, 1, 3}, 5, 7, 6, false, true, 0, 2},
   };
   for (const DType t : floating_dtypes())
-    for (const auto& c : cases) {
-      const i64 a_stride = c.a_shared ? 0 : c.m * c.k;
-      const i64 b_stride = c.b_shared ? 0 : c.k * c.n;
-      const auto a = rounded(t, random_values(static_cast<std::size_t>((c.a_shared ? 1 : c.batch) * c.m * c.k), 91, -1.f, 1.f));
-      const auto b = rounded(t, random_values(static_cast<std::size_t>((c.b_shared ? 1 : c.batch) * c.k * c.n), 92, -1.f, 1.f));
-      std::vector<float> want(static_cast<std::size_t>(c.batch * c.m * c.n));
-      cpu::matmul(a.data(), b.data(), want.data(), c.batch, c.m, c.k, c.n, a_stride, b_stride);
+    for (const P& c : cases) {
+      const defer::kernels::MatmulLayout l = c.layout();
+      const auto a_span = static_cast<std::size_t>(defer::testing::operand_span(l.a, c.m, c.k, c.batch));
+      const auto b_span = static_cast<std::size_t>(defer::testing::operand_span(l.b, c.k, c.n, c.batch));
+      const auto a = rounded(t, random_values(a_span, 91, -1.f, 1.f));
+      const auto b = rounded(t, random_values(b_span, 92, -1.f, 1.f));
+      const std::vector<float> want = cpu_matmul(c, a, b);
       const Tensor da = upload(t, a), db = upload(t, b);
-      Tensor out = poisoned(c.batch * c.m * c.n, t);
-      gpu::matmul(handle_for_current_stream(), t, cptr(da), cptr(db), mptr(out), c.batch, c.m, c.k, c.n, a_stride,
-                  b_stride);
+      Tensor out = poisoned(static_cast<i64>(want.size()), t);
+      gpu::matmul(handle_for_current_stream(), t, cptr(da), cptr(db), mptr(out), l);
       // Both accumulate in float (in different orders); the terms are at most 1 in magnitude.
       const double root_k = std::sqrt(static_cast<double>(c.k));
-      expect_close("matmul " + dname(t) + " [batch, m, k, n] " + defer::shape_str({c.batch, c.m, c.k, c.n}),
-                   download(out), as_dtype(t, want), rtol_of(t, 1e-4), (t == DType::f32 ? 1e-5 : 1e-3) * root_k);
+      expect_close(c.name(t), download(out), as_dtype(t, want), rtol_of(t, 1e-4),
+                   (t == DType::f32 ? 1e-5 : 1e-3) * root_k);
     }
 }
 
 TEST(KernelsCudaMatmul, EmptyDimensions) {
   DEFER_SKIP_WITHOUT_GPU();
+  auto layout = [](std::vector<i64> batch, i64 m, i64 k, i64 n) {
+    defer::kernels::MatmulLayout l;
+    l.m = m, l.k = k, l.n = n, l.batch = batch;
+    l.a.row = std::max<i64>(k, 1), l.b.row = std::max<i64>(n, 1);
+    l.a.batch.assign(batch.size(), 0), l.b.batch.assign(batch.size(), 0);
+    return l;
+  };
   for (const DType t : floating_dtypes()) {
     // k == 0: an empty sum, all zeros (the output was poisoned).
     Tensor out = poisoned(2 * 3 * 4, t);
-    gpu::matmul(handle_for_current_stream(), t, nullptr, nullptr, mptr(out), 2, 3, 0, 4, 0, 0);
+    gpu::matmul(handle_for_current_stream(), t, nullptr, nullptr, mptr(out), layout({2}, 3, 0, 4));
     for (float v : download(out)) EXPECT_EQ(v, 0.f) << dname(t);
-    // m, n or batch == 0: nothing to write, nothing launched.
-    gpu::matmul(handle_for_current_stream(), t, nullptr, nullptr, nullptr, 2, 0, 5, 4, 0, 0);
-    gpu::matmul(handle_for_current_stream(), t, nullptr, nullptr, nullptr, 2, 3, 5, 0, 0, 0);
-    gpu::matmul(handle_for_current_stream(), t, nullptr, nullptr, nullptr, 0, 3, 5, 4, 0, 0);
+    // m, n or a batch extent == 0: nothing to write, nothing launched.
+    gpu::matmul(handle_for_current_stream(), t, nullptr, nullptr, nullptr, layout({2}, 0, 5, 4));
+    gpu::matmul(handle_for_current_stream(), t, nullptr, nullptr, nullptr, layout({2}, 3, 5, 0));
+    gpu::matmul(handle_for_current_stream(), t, nullptr, nullptr, nullptr, layout({0}, 3, 5, 4));
+    gpu::matmul(handle_for_current_stream(), t, nullptr, nullptr, nullptr, layout({3, 0}, 3, 5, 4));
   }
+  EXPECT_THROW(gpu::matmul(handle_for_current_stream(), DType::i32, nullptr, nullptr, nullptr, layout({}, 1, 1, 1)),
+               std::invalid_argument);
   defer::current_stream(gpu_device()).synchronize();
 }
 
@@ -716,6 +816,7 @@ TEST(KernelsCudaMatmul, HandleFollowsTheStream) {
   cublasMath_t math{};
   ASSERT_EQ(cublasGetMathMode(h, &math), CUBLAS_STATUS_SUCCESS);
   EXPECT_EQ(math & 0xf, CUBLAS_DEFAULT_MATH) << "no TF32";
+  EXPECT_NE(math & CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION, 0) << "f16/bf16 split-K sums stay in f32";
 
   // Another stream: the same handle, rebound, and a product computed there is right.
   const defer::Stream other = defer::Stream::create(gpu_device());
@@ -727,39 +828,15 @@ TEST(KernelsCudaMatmul, HandleFollowsTheStream) {
     const auto a = random_values(64 * 64, 93, -1.f, 1.f);
     const Tensor da = upload(a);
     Tensor out = poisoned(64 * 64);
-    gpu::matmul(defer::detail::cublas_handle(other.impl()), DType::f32, cptr(da), cptr(da), mptr(out), 1, 64, 64, 64, 0,
-                0);
-    std::vector<float> want(a.size());
-    cpu::matmul(a.data(), a.data(), want.data(), 1, 64, 64, 64, 0, 0);
+    const defer::testing::TestProduct square{{}, 64, 64, 64};
+    gpu::matmul(defer::detail::cublas_handle(other.impl()), DType::f32, cptr(da), cptr(da), mptr(out), square.layout());
+    const std::vector<float> want = cpu_matmul(square, a, a);
     expect_close("matmul on another stream", download(out), want, 1e-4, 1e-4);
   }
   // And back.
   EXPECT_EQ(defer::detail::cublas_handle(first), h);
   ASSERT_EQ(cublasGetStream(h, &bound), CUBLAS_STATUS_SUCCESS);
   EXPECT_EQ(bound, static_cast<cudaStream_t>(first.native_handle()));
-}
-
-TEST(KernelsCudaTranspose, MatchesCpuForEveryElementSize) {
-  DEFER_SKIP_WITHOUT_GPU();
-  struct Case {
-    i64 batch, rows, cols;
-  };
-  for (const DType t : all_dtypes())
-    for (const Case c : {Case{1, 1, 1}, Case{3, 33, 65}, Case{2, 100, 37}, Case{1, 2049, 3}, Case{1, 64, 64},
-                         Case{5, 1, 300}, Case{70000, 2, 3}}) {
-      const i64 total = c.batch * c.rows * c.cols;
-      // distinct bytes per element (an exact copy must move every byte)
-      std::vector<std::byte> x(static_cast<std::size_t>(total) * defer::dtype_size(t));
-      for (std::size_t i = 0; i < x.size(); ++i) x[i] = static_cast<std::byte>((i * 131 + 7) % 251);
-      std::vector<std::byte> want(x.size());
-      cpu::transpose(defer::dtype_size(t), x.data(), want.data(), c.batch, c.rows, c.cols);
-      Tensor dx = defer::empty({total}, t, gpu_device());
-      Tensor out = defer::empty({total}, t, gpu_device());
-      ASSERT_EQ(cudaMemcpyAsync(mptr(dx), x.data(), x.size(), cudaMemcpyHostToDevice, gpu_stream()), cudaSuccess);
-      ASSERT_EQ(cudaMemsetAsync(mptr(out), 0xa5, x.size(), gpu_stream()), cudaSuccess);
-      gpu::transpose(defer::dtype_size(t), cptr(dx), mptr(out), c.batch, c.rows, c.cols, gpu_stream());
-      EXPECT_TRUE(download_bytes(out) == want) << "transpose " << dname(t) << " " << defer::shape_str({c.batch, c.rows, c.cols});
-    }
 }
 
 // ---- indexing ----------------------------------------------------------------------------------
@@ -1043,7 +1120,6 @@ TEST(KernelsCuda, ZeroSizedCallsLaunchNothing) {
     gpu::layer_norm(t, nullptr, nullptr, nullptr, nullptr, 0, 8, 1e-5f, s);
   }
   for (const std::size_t e : {1u, 2u, 4u, 8u}) {
-    gpu::transpose(e, nullptr, nullptr, 2, 0, 3, s);
     gpu::fill(nullptr, 0, e, 0, s);
     gpu::index_select(nullptr, e, nullptr, DType::i64, 2, 4, 0, 3, nullptr, nullptr, s);
   }

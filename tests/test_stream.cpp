@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -198,6 +199,38 @@ TEST(Stream, ManyStreamsFromManyThreads) {
   EXPECT_EQ(total.load(), 800);
 }
 
+// Stream::from_native wraps a cudaStream_t made elsewhere (docs/api.md sections 2 and 12). Its bad
+// arguments are the contract's errors on every machine; the CUDA cases below need a GPU.
+TEST(Stream, FromNativeRejectsTheCpuANullHandleAndAnUnavailableDevice) {
+  int not_a_stream = 0;
+  try {
+    (void)Stream::from_native(Device::cpu(), &not_a_stream);
+    ADD_FAILURE() << "a CPU device was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("from_native"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("cpu"), std::string::npos) << e.what();
+  }
+  try {
+    (void)Stream::from_native(Device::cuda(0), nullptr);
+    ADD_FAILURE() << "a null handle was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("from_native"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("null"), std::string::npos) << e.what();
+  }
+  if (!cuda_available()) {
+    // Never dereferenced: the device is checked first.
+    try {
+      (void)Stream::from_native(Device::cuda(0), &not_a_stream);
+      ADD_FAILURE() << "a stream was wrapped without a GPU";
+    } catch (const DeviceError& e) {
+      EXPECT_NE(std::string(e.what()).find("cuda:0"), std::string::npos) << e.what();
+    }
+  }
+  // The runtime is untouched.
+  Stream s = Stream::create(Device::cpu());
+  s.synchronize();
+}
+
 #ifdef DEFER_HAVE_CUDA
 TEST(CudaStream, CrossStreamWaitOrdersTheConsumerAfterASlowProducer) {
   DEFER_SKIP_WITHOUT_GPU();
@@ -255,5 +288,95 @@ TEST(CudaStream, CpuStreamWaitsOnCudaEventAndBack) {
   Event after = g.record();
   after.synchronize();
   EXPECT_TRUE(cpu_done.load());
+}
+
+// A foreign cudaStream_t (made here by hand, as PyTorch would): the wrapper queues on it, is a stream
+// like ours (records, waits, queries), is equal to another wrapper of the same handle, and never
+// destroys it.
+TEST(CudaStream, FromNativeWrapsAForeignStreamWithoutOwningIt) {
+  DEFER_SKIP_WITHOUT_GPU();
+  const Device gpu = Device::cuda(0);
+  cudaStream_t raw = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&raw, cudaStreamNonBlocking), cudaSuccess);
+  {
+    Stream w = Stream::from_native(gpu, raw);
+    EXPECT_EQ(w.native_handle(), static_cast<void*>(raw));
+    EXPECT_EQ(w.device(), gpu);
+    EXPECT_TRUE(Stream::from_native(gpu, raw) == w) << "a second wrapper of the same live handle";
+    EXPECT_FALSE(Stream::create(gpu) == w);
+    kernels::cuda::busy_wait(100'000'000, raw);  // foreign work, queued without defer
+    EXPECT_FALSE(w.query());
+    Event e = w.record();
+    EXPECT_FALSE(e.query());
+    e.synchronize();
+    EXPECT_TRUE(w.query());
+    Stream ours = Stream::create(gpu);
+    kernels::cuda::busy_wait(100'000'000, static_cast<cudaStream_t>(ours.native_handle()));
+    w.wait(ours.record());  // the foreign stream now waits for ours
+    w.synchronize();
+    EXPECT_TRUE(ours.query());
+  }
+  EXPECT_EQ(cudaStreamQuery(raw), cudaSuccess) << "the foreign stream must outlive its wrapper";
+  EXPECT_EQ(cudaStreamDestroy(raw), cudaSuccess);
+}
+
+// Defer work queued on a wrapped stream runs after the foreign work queued on it before, in order,
+// without any host synchronization in between.
+TEST(CudaStream, FromNativeOrdersDeferWorkAfterForeignWork) {
+  DEFER_SKIP_WITHOUT_GPU();
+  const Device gpu = Device::cuda(0);
+  cudaStream_t raw = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&raw, cudaStreamNonBlocking), cudaSuccess);
+  {
+    Stream w = Stream::from_native(gpu, raw);
+    StreamGuard guard(w);
+    const int64_t n = 1 << 20;
+    Tensor x = empty({n}, DType::f32, gpu);
+    const float value = 3.5f;
+    std::uint32_t bits = 0;
+    std::memcpy(&bits, &value, sizeof bits);
+    kernels::cuda::busy_wait(200'000'000, raw);
+    kernels::cuda::fill(x.data_ptr(), n, sizeof(float), bits, raw);  // a foreign kernel produces x
+    const Tensor y = wait(mul(x, 2.f));                                // a defer kernel, queued after it
+    const std::vector<float> host = to_vector(y);
+    for (std::size_t i = 0; i < host.size(); i += 4099) ASSERT_EQ(host[i], 7.f) << i;
+  }
+  ASSERT_EQ(cudaStreamSynchronize(raw), cudaSuccess);
+  EXPECT_EQ(cudaStreamDestroy(raw), cudaSuccess);
+}
+
+// Dropping the last handle of a wrapper with work still queued does not block the host, and the
+// blocks the allocator cached for it go back to the shared pool once that work is over.
+TEST(CudaStream, DroppingAWrapperNeitherBlocksNorStrandsItsCachedBlocks) {
+  DEFER_SKIP_WITHOUT_GPU();
+  const Device gpu = Device::cuda(0);
+  empty_cache(gpu);
+  const std::size_t reserved_before = memory_stats(gpu).reserved_bytes;
+  cudaStream_t raw = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&raw, cudaStreamNonBlocking), cudaSuccess);
+  auto w = std::make_optional(Stream::from_native(gpu, raw));
+  {
+    StreamGuard guard(*w);
+    Tensor t = empty({1 << 20}, DType::f32, gpu);  // a new block, cached for the wrapper when freed
+  }
+  EXPECT_GT(memory_stats(gpu).reserved_bytes, reserved_before);
+  kernels::cuda::busy_wait(200'000'000, raw);
+  const auto t0 = Clock::now();
+  w.reset();
+  EXPECT_LT(seconds_since(t0), 0.1) << "dropping a wrapper waited for its stream";
+  ASSERT_EQ(cudaStreamSynchronize(raw), cudaSuccess);  // also runs what the wrapper queued behind the work
+  empty_cache(gpu);
+  EXPECT_EQ(memory_stats(gpu).reserved_bytes, reserved_before) << "the wrapper's cached block was stranded";
+  EXPECT_EQ(cudaStreamDestroy(raw), cudaSuccess);
+}
+
+// The legacy default stream is wrapped when named explicitly (cudaStreamLegacy; 0 is ambiguous).
+TEST(CudaStream, FromNativeTakesTheLegacyDefaultStreamByName) {
+  DEFER_SKIP_WITHOUT_GPU();
+  const Device gpu = Device::cuda(0);
+  Stream legacy = Stream::from_native(gpu, static_cast<void*>(cudaStreamLegacy));
+  StreamGuard guard(legacy);
+  const Tensor y = wait(add(from_vector({1.f, 2.f}, {2}, gpu), 1.f));
+  EXPECT_EQ(to_vector(y), (std::vector<float>{2.f, 3.f}));
 }
 #endif

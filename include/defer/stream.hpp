@@ -19,6 +19,15 @@ class Event;
 class Stream {  // copyable handle; copies refer to the same queue
  public:
   static Stream create(Device d);  // a new stream on d (DeviceError if d is not available)
+  // Wraps a cudaStream_t made elsewhere (PyTorch's current stream, say) so that defer work can be
+  // queued on it (docs/api.md sections 2 and 12). Not owned: defer never destroys it, so it must
+  // outlive every handle of the wrapper and the work defer queued on it. The wrapper is a stream
+  // like any other (events, waits, stream-ordered allocations); dropping its last handle does not
+  // block the host. While one is alive, wrapping the same handle again gives an equal Stream.
+  // std::invalid_argument for a CPU device (its streams are defer's own queues) or a null handle
+  // (the legacy default stream: pass cudaStreamLegacy or a stream of your own); DeviceError when
+  // d is not available (no GPU, a build without CUDA).
+  static Stream from_native(Device d, void* handle);
 
   Device device() const;
   void synchronize() const;  // block the host until all work queued so far has finished

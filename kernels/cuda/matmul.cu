@@ -1,14 +1,25 @@
-// Batched matrix product through cuBLAS, and a batched transpose kernel.
+// Matrix products through cuBLAS (kernels/matmul_layout.hpp), operands read in place.
 //
-// cuBLAS is column-major. A row-major [r, c] matrix is, to cuBLAS, the column-major [c, r] matrix
-// of its transpose with leading dimension c. So for row-major C = A B we ask cuBLAS for
-// C^T = B^T A^T: the column-major product of "B" ([n, k], ld n) and "A" ([k, m], ld k) into "C"
-// ([n, m], ld n), which is exactly row-major C [m, n] in memory. No operand is transposed.
+// cuBLAS is column-major. A row-major [r, c] matrix with leading dimension ld is, to cuBLAS, the
+// column-major [c, r] matrix of its transpose (ld ld); a column-major one (a transposed view) is
+// itself. So for row-major C = A B we ask cuBLAS for C^T = B^T A^T: "A" is b and "B" is a, each
+// with CUBLAS_OP_N when it is row-major (its memory already is the transpose cuBLAS wants) and
+// CUBLAS_OP_T when it is column-major, and "C" is c ([n, m] column-major, ld n), which is exactly
+// row-major C [m, n] in memory.
+//
+// Batches: one strided-batched call covers one batch dim (uniform strides for a, b and c). The
+// layout's collapsed batch dims are usually one ([B*H] of attention, or a shared operand); when
+// broadcasting leaves several (a [1, H, ...] times b [B, 1, ...]), the call batches the largest dim
+// and a host loop issues one call per index of the others. The alternative, cublasGemmBatchedEx
+// with pointer arrays, would need the arrays in device memory: an allocation and a host-to-device
+// copy per product, kept alive until the kernel has run, for a case that is rare and whose outer
+// extents are small. So: a loop.
 #include <algorithm>
 #include <climits>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "cuda/ops.hpp"
 #include "runtime/cuda/cublas_check.hpp"
@@ -17,48 +28,7 @@
 namespace defer::kernels::cuda {
 namespace {
 
-constexpr int kTile = 32;      // transpose tile edge
-constexpr int kTileRows = 8;   // threads per tile column: each thread moves kTile / kTileRows elements
-constexpr std::int64_t kMaxBlocks = 65535;
-
-// out[b] = x[b]^T, x [batch, rows, cols], elements of type T (moved as bits: any dtype of T's size).
-// One 32 x 32 tile per block iteration: read with threads along cols (coalesced), write with threads
-// along rows (coalesced), through shared memory whose rows are padded by one element so the
-// column-wise reads hit different banks.
-template <class T>
-__global__ void __launch_bounds__(kTile * kTileRows)
-    transpose_kernel(const T* x, T* out, std::int64_t rows, std::int64_t cols, std::int64_t row_tiles,
-                     std::int64_t col_tiles, std::int64_t tiles) {
-  __shared__ T tile[kTile][kTile + 1];
-  const std::int64_t tiles_per_matrix = row_tiles * col_tiles;
-  const std::int64_t matrix_size = rows * cols;
-  for (std::int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
-    const std::int64_t b = t / tiles_per_matrix;
-    const std::int64_t in_matrix = t - b * tiles_per_matrix;
-    const std::int64_t r0 = (in_matrix / col_tiles) * kTile;
-    const std::int64_t c0 = (in_matrix % col_tiles) * kTile;
-    const T* src = x + b * matrix_size;
-    T* dst = out + b * matrix_size;
-    // tile[i][j] = src[r0 + i][c0 + j]
-    const std::int64_t c = c0 + threadIdx.x;
-#pragma unroll
-    for (int k = 0; k < kTile; k += kTileRows) {
-      const std::int64_t r = r0 + threadIdx.y + k;
-      if (r < rows && c < cols) tile[threadIdx.y + k][threadIdx.x] = src[r * cols + c];
-    }
-    __syncthreads();
-    // dst[c0 + i][r0 + j] = src[r0 + j][c0 + i] = tile[j][i]; dst is [cols, rows]
-    const std::int64_t r = r0 + threadIdx.x;
-#pragma unroll
-    for (int k = 0; k < kTile; k += kTileRows) {
-      const std::int64_t cc = c0 + threadIdx.y + k;
-      if (cc < cols && r < rows) dst[cc * rows + r] = tile[threadIdx.x][threadIdx.y + k];
-    }
-    __syncthreads();  // the tile is rewritten by the next iteration
-  }
-}
-
-bool fits_int(std::int64_t v) { return v <= INT_MAX; }
+bool fits_int(std::int64_t v) { return v >= 0 && v <= INT_MAX; }
 
 // The cuBLAS element type of a floating dtype.
 cudaDataType_t cuda_type(DType dtype) {
@@ -74,93 +44,88 @@ cudaDataType_t cuda_type(DType dtype) {
                               " is not a floating dtype");
 }
 
+// `count` products of the layout's matrices (m, k, n > 0): product i of a at a + i * stride_a
+// elements, likewise b and c.
+void gemm_strided(cublasHandle_t handle, cudaDataType_t type, const MatmulLayout& l, const void* a, const void* b,
+                  void* c, long long stride_a, long long stride_b, long long stride_c, std::int64_t count) {
+  const cublasOperation_t op_b = l.b.row_major(l.n) ? CUBLAS_OP_N : CUBLAS_OP_T;
+  const cublasOperation_t op_a = l.a.row_major(l.k) ? CUBLAS_OP_N : CUBLAS_OP_T;
+  const std::int64_t ld_a = l.a.ld(l.k), ld_b = l.b.ld(l.n);
+  // CUBLAS_POINTER_MODE_HOST (set by cublas_handle); beta 0: C is not read. f32 on CUBLAS_COMPUTE_32F
+  // is plain SGEMM (the handle's math mode keeps TF32 off); f16 / bf16 operands run on tensor cores,
+  // accumulated and scaled in f32, rounded once into C.
+  const float alpha = 1.f, beta = 0.f;
+  if (fits_int(l.m) && fits_int(l.n) && fits_int(l.k) && fits_int(ld_a) && fits_int(ld_b) && fits_int(count)) {
+    DEFER_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+        handle, op_b, op_a, static_cast<int>(l.n), static_cast<int>(l.m), static_cast<int>(l.k), &alpha, b, type,
+        static_cast<int>(ld_b), stride_b, a, type, static_cast<int>(ld_a), stride_a, &beta, c, type,
+        static_cast<int>(l.n), stride_c, static_cast<int>(count), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  } else {
+    DEFER_CUBLAS_CHECK(cublasGemmStridedBatchedEx_64(handle, op_b, op_a, l.n, l.m, l.k, &alpha, b, type, ld_b, stride_b,
+                                                     a, type, ld_a, stride_a, &beta, c, type, l.n, stride_c, count,
+                                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  }
+}
+
 }  // namespace
 
-void matmul(cublasHandle_t handle, DType dtype, const void* a, const void* b, void* c, std::int64_t batch,
-            std::int64_t m, std::int64_t k, std::int64_t n, std::int64_t a_batch_stride, std::int64_t b_batch_stride) {
-  if (batch < 0 || m < 0 || k < 0 || n < 0 || a_batch_stride < 0 || b_batch_stride < 0)
-    throw std::invalid_argument("defer::kernels::cuda::matmul: negative size or stride (batch " +
-                                std::to_string(batch) + ", m " + std::to_string(m) + ", k " + std::to_string(k) +
-                                ", n " + std::to_string(n) + ")");
+void matmul(cublasHandle_t handle, DType dtype, const void* a, const void* b, void* c, const MatmulLayout& l) {
+  bool negative = l.m < 0 || l.k < 0 || l.n < 0 || l.a.batch.size() != l.batch.size() ||
+                  l.b.batch.size() != l.batch.size();
+  for (const std::int64_t e : l.batch) negative = negative || e < 0;
+  if (negative)
+    throw std::invalid_argument("defer::kernels::cuda::matmul: a negative size or mismatched batch strides (m " +
+                                std::to_string(l.m) + ", k " + std::to_string(l.k) + ", n " + std::to_string(l.n) +
+                                ", " + std::to_string(l.batch.size()) + " batch dims)");
   const cudaDataType_t type = cuda_type(dtype);
-  if (batch == 0 || m == 0 || n == 0) return;  // no output
-  if (k == 0) {
+  const std::int64_t count = l.batch_count();
+  if (count == 0 || l.m == 0 || l.n == 0) return;  // no output
+  const auto esize = static_cast<std::int64_t>(dtype_size(dtype));
+  if (l.k == 0) {
     // An empty sum: C is all zeros (cuBLAS rejects k == 0 as lda = 0). Queued on the handle's stream.
     cudaStream_t stream = nullptr;
     DEFER_CUBLAS_CHECK(cublasGetStream(handle, &stream));
-    const auto bytes = static_cast<std::size_t>(batch * m * n) * dtype_size(dtype);
-    DEFER_CUDA_CHECK(cudaMemsetAsync(c, 0, bytes, stream));
+    DEFER_CUDA_CHECK(cudaMemsetAsync(c, 0, static_cast<std::size_t>(count * l.m * l.n * esize), stream));
     return;
   }
 
-  // A shared B with A's matrices back to back is one product: [batch * m, k] x [k, n].
-  if (batch > 1 && b_batch_stride == 0 && a_batch_stride == m * k) {
-    m *= batch;
-    batch = 1;
+  // c's stride of each batch dim, and the dim one call batches (the largest; -1: none).
+  const std::size_t nb = l.batch.size();
+  std::vector<std::int64_t> c_stride(nb);
+  std::int64_t span = l.m * l.n;
+  for (std::size_t d = nb; d-- > 0;) {
+    c_stride[d] = span;
+    span *= l.batch[d];
   }
+  std::size_t batched = nb;
+  for (std::size_t d = 0; d < nb; ++d)
+    if (batched == nb || l.batch[d] > l.batch[batched]) batched = d;
+  const bool one = batched == nb;
+  const std::int64_t per_call = one ? 1 : l.batch[batched];
+  const long long sa = one ? 0 : l.a.batch[batched], sb = one ? 0 : l.b.batch[batched],
+                  sc = one ? l.m * l.n : c_stride[batched];
 
-  const float alpha = 1.f, beta = 0.f;  // CUBLAS_POINTER_MODE_HOST (set by cublas_handle); beta 0: C not read
-  const long long stride_a = a_batch_stride, stride_b = b_batch_stride, stride_c = m * n;
-  const bool small = fits_int(m) && fits_int(n) && fits_int(k) && fits_int(batch);
-  if (dtype == DType::f32) {
-    const auto* af = static_cast<const float*>(a);
-    const auto* bf = static_cast<const float*>(b);
-    auto* cf = static_cast<float*>(c);
-    if (small) {
-      DEFER_CUBLAS_CHECK(cublasSgemmStridedBatched(handle, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(n),
-                                                   static_cast<int>(m), static_cast<int>(k), &alpha, bf,
-                                                   static_cast<int>(n), stride_b, af, static_cast<int>(k), stride_a,
-                                                   &beta, cf, static_cast<int>(n), stride_c, static_cast<int>(batch)));
-    } else {
-      DEFER_CUBLAS_CHECK(cublasSgemmStridedBatched_64(handle, CUBLAS_OP_N, CUBLAS_OP_N, n, m, k, &alpha, bf, n,
-                                                      stride_b, af, k, stride_a, &beta, cf, n, stride_c, batch));
+  const auto* ab = static_cast<const char*>(a);
+  const auto* bb = static_cast<const char*>(b);
+  auto* cb = static_cast<char*>(c);
+  std::vector<std::int64_t> idx(nb, 0);
+  std::int64_t ao = 0, bo = 0, co = 0;  // element offsets of the current call's first product
+  for (std::int64_t q = 0; q < count / per_call; ++q) {
+    gemm_strided(handle, type, l, ab + ao * esize, bb + bo * esize, cb + co * esize, sa, sb, sc, per_call);
+    for (std::size_t d = nb; d-- > 0;) {  // the next index of the dims other than `batched`
+      if (d == batched) continue;
+      if (++idx[d] < l.batch[d]) {
+        ao += l.a.batch[d];
+        bo += l.b.batch[d];
+        co += c_stride[d];
+        break;
+      }
+      ao -= (l.batch[d] - 1) * l.a.batch[d];
+      bo -= (l.batch[d] - 1) * l.b.batch[d];
+      co -= (l.batch[d] - 1) * c_stride[d];
+      idx[d] = 0;
     }
-    return;
   }
-  // f16 / bf16 operands on tensor cores, accumulated and scaled in f32, rounded once into C.
-  if (small) {
-    DEFER_CUBLAS_CHECK(cublasGemmStridedBatchedEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(n),
-                                                  static_cast<int>(m), static_cast<int>(k), &alpha, b, type,
-                                                  static_cast<int>(n), stride_b, a, type, static_cast<int>(k), stride_a,
-                                                  &beta, c, type, static_cast<int>(n), stride_c,
-                                                  static_cast<int>(batch), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-  } else {
-    DEFER_CUBLAS_CHECK(cublasGemmStridedBatchedEx_64(handle, CUBLAS_OP_N, CUBLAS_OP_N, n, m, k, &alpha, b, type, n,
-                                                     stride_b, a, type, k, stride_a, &beta, c, type, n, stride_c,
-                                                     batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-  }
-}
-
-namespace {
-
-template <class T>
-void launch_transpose(const void* x, void* out, std::int64_t batch, std::int64_t rows, std::int64_t cols,
-                      cudaStream_t stream) {
-  const std::int64_t row_tiles = (rows + kTile - 1) / kTile;
-  const std::int64_t col_tiles = (cols + kTile - 1) / kTile;
-  const std::int64_t tiles = batch * row_tiles * col_tiles;
-  const auto blocks = static_cast<unsigned>(std::min(tiles, kMaxBlocks));
-  transpose_kernel<T><<<blocks, dim3(kTile, kTileRows), 0, stream>>>(static_cast<const T*>(x), static_cast<T*>(out),
-                                                                     rows, cols, row_tiles, col_tiles, tiles);
-}
-
-}  // namespace
-
-void transpose(std::size_t element_bytes, const void* x, void* out, std::int64_t batch, std::int64_t rows,
-               std::int64_t cols, cudaStream_t stream) {
-  if (batch < 0 || rows < 0 || cols < 0)
-    throw std::invalid_argument("defer::kernels::cuda::transpose: negative size");
-  if (batch == 0 || rows == 0 || cols == 0) return;
-  switch (element_bytes) {
-    case 1: launch_transpose<std::uint8_t>(x, out, batch, rows, cols, stream); break;
-    case 2: launch_transpose<std::uint16_t>(x, out, batch, rows, cols, stream); break;
-    case 4: launch_transpose<std::uint32_t>(x, out, batch, rows, cols, stream); break;
-    case 8: launch_transpose<std::uint64_t>(x, out, batch, rows, cols, stream); break;
-    default:
-      throw std::invalid_argument("defer::kernels::cuda::transpose: no kernel for elements of " +
-                                  std::to_string(element_bytes) + " bytes");
-  }
-  DEFER_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace defer::kernels::cuda

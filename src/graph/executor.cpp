@@ -88,6 +88,19 @@ Tensor launch_integer(const OpSpec& spec, const std::vector<Tensor>& inputs, DTy
   return out;
 }
 
+Tensor dense(const OpSpec& spec, const Tensor& t, std::size_t operand, StreamImpl& stream, const char* why);
+
+// How the reductions, softmax and layer_norm read x around `dim`: in place through its strides when
+// the dims around dim collapse to one stride each side (graph/shape_rules.hpp: strided_axis); else
+// x becomes a dense copy of itself (a counted launch that DEFER_LOG explains), read contiguously.
+kernels::StridedAxis read_axis(const OpSpec& spec, Tensor& x, int dim, StreamImpl& stream) {
+  if (const std::optional<kernels::StridedAxis> axis = strided_axis(x.shape(), x.strides(), dim)) return *axis;
+  const std::string why = "the dims around dim " + std::to_string(dim) + " do not collapse to one stride";
+  x = dense(spec, x, 0, stream, why.c_str());
+  const AxisSplit split = split_at(x.shape(), dim);
+  return kernels::StridedAxis::contiguous(split.outer, split.n, split.inner);
+}
+
 // The op's kernel, queued on `stream` (on the tensors' device). Index ops return the message of the
 // bad index they found (the kernel ran, and counts as a launch, all the same).
 std::optional<std::string> launch_kernel(const OpSpec& spec, const std::vector<Tensor>& in, Tensor& out,
@@ -96,32 +109,40 @@ std::optional<std::string> launch_kernel(const OpSpec& spec, const std::vector<T
   const Tensor& x = in[0];
   switch (spec.kind) {
     case OpKind::reduce: {
-      const AxisSplit axis = split_at(x.shape(), normalize_dim("reduce", spec.dim, x.shape().size()));
-      backend.reduce(spec.reduce, x.dtype(), x.data_ptr(), out.data_ptr(), axis, stream);
+      Tensor xs = x;
+      const kernels::StridedAxis axis =
+          read_axis(spec, xs, normalize_dim("reduce", spec.dim, x.shape().size()), stream);
+      backend.reduce(spec.reduce, xs.dtype(), xs.data_ptr(), out.data_ptr(), axis, stream);
       return std::nullopt;
     }
     case OpKind::softmax: {
-      const AxisSplit axis = split_at(x.shape(), normalize_dim("softmax", spec.dim, x.shape().size()));
-      backend.softmax(x.dtype(), x.data_ptr(), out.data_ptr(), axis, stream);
+      Tensor xs = x;
+      const kernels::StridedAxis axis =
+          read_axis(spec, xs, normalize_dim("softmax", spec.dim, x.shape().size()), stream);
+      backend.softmax(xs.dtype(), xs.data_ptr(), out.data_ptr(), axis, stream);
       return std::nullopt;
     }
     case OpKind::layer_norm: {
-      const std::int64_t cols = x.shape().back();
-      backend.layer_norm(x.dtype(), x.data_ptr(), in[1].data_ptr(), in[2].data_ptr(), out.data_ptr(), x.numel() / cols, cols,
+      // x through its strides over the last dim; gamma and beta are read as dense rows.
+      Tensor xs = x;
+      const kernels::StridedAxis axis =
+          read_axis(spec, xs, normalize_dim("layer_norm", -1, x.shape().size()), stream);
+      const Tensor gamma = dense(spec, in[1], 1, stream, "layer_norm reads gamma as a dense row");
+      const Tensor beta = dense(spec, in[2], 2, stream, "layer_norm reads beta as a dense row");
+      backend.layer_norm(xs.dtype(), xs.data_ptr(), gamma.data_ptr(), beta.data_ptr(), out.data_ptr(), axis,
                          spec.scalars[0], stream);
       return std::nullopt;
     }
     case OpKind::matmul: {
-      const Shape& a = x.shape();
-      const Shape& b = in[1].shape();
-      MatmulDims d{};
-      d.m = a[a.size() - 2];
-      d.k = a.back();
-      d.n = b.back();
-      d.batch = out.shape().size() == 3 ? out.shape()[0] : 1;
-      d.a_stride = a.size() == 3 ? d.m * d.k : 0;
-      d.b_stride = b.size() == 3 ? d.k * d.n : 0;
-      backend.matmul(x.dtype(), x.data_ptr(), in[1].data_ptr(), out.data_ptr(), d, stream);
+      // Operands are read in place (row- or column-major matrices, any batch strides); only one the
+      // kernels cannot express is copied first, with the reason in DEFER_LOG.
+      Tensor ab[2] = {x, in[1]};
+      for (std::size_t i = 0; i < 2; ++i)
+        if (const char* why = kernels::matmul_copy_reason(ab[i].shape(), ab[i].strides(), i == 1))
+          ab[i] = dense(spec, ab[i], i, stream, why);
+      const kernels::MatmulLayout layout =
+          kernels::make_matmul_layout(ab[0].shape(), ab[0].strides(), ab[1].shape(), ab[1].strides());
+      backend.matmul(x.dtype(), ab[0].data_ptr(), ab[1].data_ptr(), out.data_ptr(), layout, stream);
       return std::nullopt;
     }
     case OpKind::cat: {
@@ -175,6 +196,13 @@ Tensor make_view_of(const OpSpec& spec, const Tensor& x, StreamImpl& stream) {
   return make_view(copy, std::move(out->shape), std::move(out->strides), out->offset);
 }
 
+// Reductions (argmax too), softmax and layer_norm read x through its strides around their dim,
+// copying it themselves only where those do not collapse (read_axis), and copy strided gamma and
+// beta of layer_norm; launch_op passes their operands as they are.
+bool reads_axis_strides(OpKind kind) {
+  return kind == OpKind::reduce || kind == OpKind::softmax || kind == OpKind::layer_norm;
+}
+
 }  // namespace
 
 Tensor launch_op(const OpSpec& spec, const std::vector<Tensor>& strided_inputs, const TensorMeta& out_meta,
@@ -187,9 +215,19 @@ Tensor launch_op(const OpSpec& spec, const std::vector<Tensor>& strided_inputs, 
     return contiguous_copy(strided_inputs[0], stream);
   }
   if (launch_log_enabled()) log_launch(spec, strided_inputs, out_meta, stream, reason);
-  if (spec.kind == OpKind::to_device) return copy_to_device(strided_inputs[0], out_meta.shape, out_meta.device, stream);
-  // Element-wise kernels and cat read any strides in place; the others read dense rows.
-  const bool reads_strides = spec.kind == OpKind::elementwise || spec.kind == OpKind::cat;
+  if (spec.kind == OpKind::to_device) {
+    // A device copy moves one dense span: a strided source is gathered on its own device first.
+    const Tensor& src = strided_inputs[0];
+    const Tensor dense_src = src.device() == out_meta.device
+                                 ? src
+                                 : dense(spec, src, 0, *current_stream_impl(src.device()), "a device copy moves one dense span");
+    return copy_to_device(dense_src, out_meta.shape, out_meta.device, stream);
+  }
+  // Element-wise kernels and cat read any strides in place, matmul the strides BLAS can express (it
+  // copies an operand itself otherwise), reductions, softmax and layer_norm the strides around their
+  // dim (reads_axis_strides); the others read dense rows.
+  const bool reads_strides = spec.kind == OpKind::elementwise || spec.kind == OpKind::cat || spec.kind == OpKind::matmul ||
+                             reads_axis_strides(spec.kind);
   std::vector<Tensor> inputs;
   inputs.reserve(strided_inputs.size());
   for (std::size_t i = 0; i < strided_inputs.size(); ++i)

@@ -29,7 +29,7 @@ struct OpSpec {
   DType dtype = DType::f32;       // elementwise `to`: the dtype cast to
   Device target = Device::cpu();  // to_device: the destination
   ViewOp view = ViewOp::view;     // view: which one
-  std::vector<int64_t> args;      // view: its arguments (view_rules.hpp)
+  std::vector<int64_t> args = {}; // view: its arguments (view_rules.hpp)
 };
 
 std::string op_name(const OpSpec& spec);       // "add", "sum(dim=1)", "to(cuda:0)", "to(f16)", ...

@@ -1,7 +1,9 @@
 #include "graph/shape_rules.hpp"
 
 #include <algorithm>
+#include <optional>
 #include <stdexcept>
+#include <utility>
 
 #include "runtime/tensor_impl.hpp"
 
@@ -181,17 +183,30 @@ TensorMeta matmul_meta(const TensorMeta& a, const TensorMeta& b) {
   check_same_device("matmul", {a, b});
   check_same_dtype("matmul", a, b);
   check_floating("matmul", a);
+  // As torch.matmul: a 1-D first operand is a row vector [1, k], a 1-D second one a column vector
+  // [k, 1] (the added dim is removed from the result); the batch dims broadcast.
   const auto ra = a.shape.size(), rb = b.shape.size();
   const std::string shapes = shape_str(a.shape) + " x " + shape_str(b.shape);
-  if (ra < 2 || ra > 3 || rb < 2 || rb > 3) fail("matmul", "takes 2-D or 3-D operands, got " + shapes);
+  if (ra == 0 || rb == 0) fail("matmul", "takes operands of at least 1 dim, got a 0-d operand: " + shapes);
   const int64_t k = a.shape[ra - 1];
-  if (b.shape[rb - 2] != k) fail("matmul", "inner dims differ: " + shapes);
-  if (ra == 3 && rb == 3 && a.shape[0] != b.shape[0]) fail("matmul", "batch dims differ: " + shapes);
-  Shape out;
-  if (ra == 3) out.push_back(a.shape[0]);
-  else if (rb == 3) out.push_back(b.shape[0]);
-  out.push_back(a.shape[ra - 2]);
-  out.push_back(b.shape[rb - 1]);
+  const int64_t kb = rb == 1 ? b.shape[0] : b.shape[rb - 2];
+  if (kb != k)
+    fail("matmul", "inner dims differ (" + std::to_string(k) + " vs " + std::to_string(kb) + "): " + shapes);
+  const std::size_t na = ra > 2 ? ra - 2 : 0, nb = rb > 2 ? rb - 2 : 0, nbatch = std::max(na, nb);
+  Shape out(nbatch, 1);
+  for (std::size_t d = 0; d < nbatch; ++d) {
+    const int64_t ea = d < nbatch - na ? 1 : a.shape[d - (nbatch - na)];
+    const int64_t eb = d < nbatch - nb ? 1 : b.shape[d - (nbatch - nb)];
+    if (ea != eb && ea != 1 && eb != 1) {
+      const Shape batch_a(a.shape.begin(), a.shape.begin() + static_cast<std::ptrdiff_t>(na));
+      const Shape batch_b(b.shape.begin(), b.shape.begin() + static_cast<std::ptrdiff_t>(nb));
+      fail("matmul", "batch dims " + shape_str(batch_a) + " and " + shape_str(batch_b) + " do not broadcast (" +
+                         std::to_string(ea) + " vs " + std::to_string(eb) + "): " + shapes);
+    }
+    out[d] = ea == 1 ? eb : ea;
+  }
+  if (ra >= 2) out.push_back(a.shape[ra - 2]);
+  if (rb >= 2) out.push_back(b.shape[rb - 1]);
   return TensorMeta{std::move(out), a.dtype, a.device};
 }
 
@@ -254,6 +269,37 @@ int64_t numel_of(const Shape& s) { return product(s, 0, s.size()); }
 AxisSplit split_at(const Shape& s, int dim) {
   const auto d = static_cast<std::size_t>(dim);
   return AxisSplit{product(s, 0, d), s[d], product(s, d + 1, s.size())};
+}
+
+namespace {
+
+// The dims [from, to) as one axis, when they step through memory as one: every dim of extent > 1
+// is its inner neighbour's stride times that neighbour's extent apart. Its stride is the innermost
+// such dim's; `fallback` when all extents are 1 (any stride reads the one element).
+std::optional<std::pair<int64_t, int64_t>> collapse(const Shape& shape, const Shape& strides, std::size_t from,
+                                                    std::size_t to, int64_t fallback) {
+  int64_t extent = 1, stride = fallback;
+  bool any = false;
+  for (std::size_t d = from; d < to; ++d) {
+    if (shape[d] == 1) continue;
+    if (any && stride != strides[d] * shape[d]) return std::nullopt;
+    extent *= shape[d];
+    stride = strides[d];
+    any = true;
+  }
+  return std::pair{extent, stride};
+}
+
+}  // namespace
+
+std::optional<kernels::StridedAxis> strided_axis(const Shape& shape, const Shape& strides, int dim) {
+  const AxisSplit split = split_at(shape, dim);
+  if (numel_of(shape) == 0) return kernels::StridedAxis::contiguous(split.outer, split.n, split.inner);
+  const auto d = static_cast<std::size_t>(dim);
+  const auto outer = collapse(shape, strides, 0, d, split.n * split.inner);
+  const auto inner = collapse(shape, strides, d + 1, shape.size(), 1);
+  if (!outer || !inner) return std::nullopt;
+  return kernels::StridedAxis{outer->first, shape[d], inner->first, outer->second, strides[d], inner->second};
 }
 
 }  // namespace defer::detail

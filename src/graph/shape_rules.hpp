@@ -11,6 +11,7 @@
 #include "fusion/fused_program.hpp"
 #include "op_table.hpp"
 #include "runtime/backend.hpp"
+#include "strided_axis.hpp"
 
 namespace defer::detail {
 
@@ -65,5 +66,10 @@ int64_t numel_of(const Shape& s);
 
 // [outer, n, inner] view of a shape around `dim`.
 AxisSplit split_at(const Shape& s, int dim);
+// The same view of a strided tensor (dim normalized), read in place: x[o, j, i] at o * outer_stride +
+// j * n_stride + i * inner_stride (kernels/strided_axis.hpp), when the dims before `dim` collapse
+// into one uniformly strided axis and those after it into another (extent-1 dims ignored; an empty
+// tensor trivially); std::nullopt otherwise (the kernel then needs a dense copy).
+std::optional<kernels::StridedAxis> strided_axis(const Shape& shape, const Shape& strides, int dim);
 
 }  // namespace defer::detail

@@ -16,6 +16,8 @@
 #include <defer/dtype.hpp>
 
 #include "fusion/fused_program.hpp"
+#include "matmul_layout.hpp"
+#include "strided_axis.hpp"
 #include "strided_copy.hpp"
 #include "runtime/stream_impl.hpp"
 
@@ -24,12 +26,6 @@ namespace defer::detail {
 // [outer, n, inner]: the view of a shape around one dim.
 struct AxisSplit {
   std::int64_t outer, n, inner;
-};
-
-// c[b] = a[b] x b[b] for b < batch: a[b] [m, k] at a + b * a_stride elements (0: shared), b[b] [k, n]
-// at b + b * b_stride; c [batch, m, n] contiguous.
-struct MatmulDims {
-  std::int64_t batch, m, k, n, a_stride, b_stride;
 };
 
 // The first index outside [0, extent) that index_select found: its position and value.
@@ -59,14 +55,22 @@ class Backend {
   // data[i] = i as dtype.
   virtual void arange(void* data, std::int64_t n, DType dtype, StreamImpl& stream) = 0;
   // sum, mean, max, min (out: dtype) or argmax (out: i64) of x (dtype: f32, f16 or bf16) over the
-  // middle axis; f16/bf16 are computed in f32 and rounded once.
-  virtual void reduce(kernels::ReduceOp op, DType dtype, const void* x, void* out, AxisSplit axis, StreamImpl& stream) = 0;
-  virtual void softmax(DType dtype, const void* x, void* out, AxisSplit axis, StreamImpl& stream) = 0;
-  // Over the last axis of x [rows, cols]; gamma, beta [cols]; all of dtype.
-  virtual void layer_norm(DType dtype, const void* x, const void* gamma, const void* beta, void* out, std::int64_t rows,
-                          std::int64_t cols, float eps, StreamImpl& stream) = 0;
-  // Accumulates in f32 whatever the dtype.
-  virtual void matmul(DType dtype, const void* a, const void* b, void* c, MatmulDims dims, StreamImpl& stream) = 0;
+  // middle axis; f16/bf16 are computed in f32 and rounded once. x is read in place through the
+  // axis's strides (kernels/strided_axis.hpp: any, 0 and negative included); out is contiguous
+  // [outer, inner].
+  virtual void reduce(kernels::ReduceOp op, DType dtype, const void* x, void* out, const kernels::StridedAxis& axis,
+                      StreamImpl& stream) = 0;
+  // out contiguous [outer, n, inner].
+  virtual void softmax(DType dtype, const void* x, void* out, const kernels::StridedAxis& axis, StreamImpl& stream) = 0;
+  // Over the last axis: x read through axis (rows = axis.outer, cols = axis.n, axis.inner == 1);
+  // gamma, beta contiguous [cols]; out contiguous [rows, cols]; all of dtype.
+  virtual void layer_norm(DType dtype, const void* x, const void* gamma, const void* beta, void* out,
+                          const kernels::StridedAxis& axis, float eps, StreamImpl& stream) = 0;
+  // c = a x b over the layout (kernels/matmul_layout.hpp: m, k, n, the broadcast batch dims with
+  // each operand's batch strides, each operand's row- or column-major matrix strides), a and b read
+  // in place, c contiguous. Accumulates in f32 whatever the dtype.
+  virtual void matmul(DType dtype, const void* a, const void* b, void* c, const kernels::MatmulLayout& layout,
+                      StreamImpl& stream) = 0;
   // out[o, j, i] = x[o, index[j], i] (x [outer, extent, inner], out [outer, count, inner]). Never
   // reads or writes out of bounds: it waits for the stream to reach the end of the copy and returns
   // the first index outside [0, extent), if any (the output is then unspecified).

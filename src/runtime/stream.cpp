@@ -2,10 +2,15 @@
 #include <defer/stream.hpp>
 
 #include <atomic>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
+#include <string>
 #include <utility>
 #include <vector>
+
+#include <defer/errors.hpp>
 
 #include "runtime/cpu/cpu_stream.hpp"
 #include "runtime/stream_impl.hpp"
@@ -27,6 +32,52 @@ std::shared_ptr<StreamImpl> create_stream(Device d) {
   if (d.is_cuda()) return std::make_shared<CudaStream>(d.index(), /*owned=*/true);
 #endif
   return std::make_shared<CpuStream>();
+}
+
+#ifdef DEFER_HAVE_CUDA
+namespace {
+
+// Wrappers made by wrap_native_stream, by device and handle, so that wrapping one handle twice gives
+// the same Stream while a handle of the first wrapper is alive. Weak: the map never keeps a wrapper
+// (and through it a foreign stream) alive. Leaked on purpose, like the default streams.
+struct NativeWrappers {
+  std::mutex mutex;
+  std::map<std::pair<int, void*>, std::weak_ptr<StreamImpl>> streams;
+};
+
+NativeWrappers& native_wrappers() {
+  static auto* wrappers = new NativeWrappers;
+  return *wrappers;
+}
+
+}  // namespace
+#endif
+
+std::shared_ptr<StreamImpl> wrap_native_stream(Device d, void* handle) {
+  if (d.is_cpu()) {
+    throw std::invalid_argument(
+        "Stream::from_native: cpu has no native streams (a CPU stream is defer's own queue: use Stream::create)");
+  }
+  if (handle == nullptr) {
+    // 0 means the legacy or the per-thread default stream depending on how the caller was compiled
+    // (PyTorch reports its default stream as 0): the caller says which.
+    throw std::invalid_argument("Stream::from_native: the handle for " + d.str() +
+                                " is null; pass cudaStreamLegacy ((void*)1) for the legacy default stream, "
+                                "cudaStreamPerThread ((void*)2), or a stream of your own");
+  }
+  require_available(d);
+#ifdef DEFER_HAVE_CUDA
+  NativeWrappers& all = native_wrappers();
+  std::lock_guard lock(all.mutex);
+  std::erase_if(all.streams, [](const auto& entry) { return entry.second.expired(); });
+  std::weak_ptr<StreamImpl>& slot = all.streams[{d.index(), handle}];
+  if (auto existing = slot.lock()) return existing;
+  auto wrapper = std::make_shared<CudaStream>(d.index(), static_cast<cudaStream_t>(handle));
+  slot = wrapper;
+  return wrapper;
+#else
+  throw DeviceError(d.str() + " is not available: defer was built without CUDA support");  // not reached
+#endif
 }
 
 namespace {
@@ -112,6 +163,7 @@ std::shared_ptr<StreamImpl> exchange_current_stream(Device d, std::shared_ptr<St
 }  // namespace detail
 
 Stream Stream::create(Device d) { return Stream(detail::create_stream(d)); }
+Stream Stream::from_native(Device d, void* handle) { return Stream(detail::wrap_native_stream(d, handle)); }
 Device Stream::device() const { return impl_->device(); }
 void Stream::synchronize() const { impl_->synchronize(); }
 bool Stream::query() const { return impl_->query(); }

@@ -44,6 +44,8 @@ class StreamImpl : public std::enable_shared_from_this<StreamImpl> {
 
 // Creates a stream of the backend that owns `d` (d must be available).
 std::shared_ptr<StreamImpl> create_stream(Device d);
+// Stream::from_native: a wrapper of a CUDA stream made elsewhere, never destroyed by defer.
+std::shared_ptr<StreamImpl> wrap_native_stream(Device d, void* handle);
 // The default stream of `d`; created on first use and alive until the process exits.
 const std::shared_ptr<StreamImpl>& default_stream_impl(Device d);
 // This thread's current stream of `d` (its default stream unless a StreamGuard says otherwise).

@@ -1,6 +1,7 @@
 // The CPU backend: each call queues one task on the CPU stream's worker (kernels/cpu). f16 and bf16
-// operands of the reductions, softmax, layer_norm and matmul are converted to f32 inside the task
-// and the result rounded once on the way out.
+// operands of the reductions, softmax and layer_norm are converted to f32 inside the task and the
+// result rounded once on the way out (matmul's kernel converts as it packs).
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <stdexcept>
@@ -42,6 +43,49 @@ class F32View {
  private:
   std::vector<float> copy_;
   const float* data_ = nullptr;
+};
+
+// x's elements under a strided axis as f32, and the axis to read them with: x itself for f32; else
+// what the strides reach converted into a compact buffer, dense in the logical order except that a
+// broadcast axis (stride 0) stays one element wide (and keeps stride 0). Contiguous inputs convert
+// to a dense buffer, so the kernels keep their unit-stride loops.
+class F32Axis {
+ public:
+  F32Axis(DType dtype, const void* data, const kernels::StridedAxis& axis) : axis_(axis) {
+    if (dtype == DType::f32) {
+      data_ = static_cast<const float*>(data);
+      return;
+    }
+    const std::int64_t outer = axis.outer_stride == 0 ? 1 : axis.outer, n = axis.n_stride == 0 ? 1 : axis.n,
+                       inner = axis.inner_stride == 0 ? 1 : axis.inner;
+    const std::int64_t count = std::max<std::int64_t>(outer * n * inner, 0);
+    copy_.resize(static_cast<std::size_t>(count));
+    kernels::dispatch(dtype, [&](auto tag) {
+      using Tag = decltype(tag);
+      const auto* src = static_cast<const typename Tag::storage*>(data);
+      float* dst = copy_.data();
+      if (axis.is_contiguous()) {  // one flat pass
+        for (std::int64_t k = 0; k < count; ++k) dst[k] = Tag::load(src[k]);
+        return;
+      }
+      for (std::int64_t o = 0; o < outer; ++o)
+        for (std::int64_t j = 0; j < n; ++j) {
+          const auto* row = src + o * axis.outer_stride + j * axis.n_stride;
+          for (std::int64_t i = 0; i < inner; ++i) *dst++ = Tag::load(row[i * axis.inner_stride]);
+        }
+    });
+    data_ = copy_.data();
+    axis_.outer_stride = axis.outer_stride == 0 ? 0 : n * inner;
+    axis_.n_stride = axis.n_stride == 0 ? 0 : inner;
+    axis_.inner_stride = axis.inner_stride == 0 ? 0 : 1;
+  }
+  const float* data() const { return data_; }
+  const kernels::StridedAxis& axis() const { return axis_; }
+
+ private:
+  std::vector<float> copy_;
+  const float* data_ = nullptr;
+  kernels::StridedAxis axis_;
 };
 
 // An f32 output of n elements for a result of dtype: written in place for f32, else staged and
@@ -118,48 +162,45 @@ class CpuBackend final : public Backend {
     enqueue_cpu(stream, [=] { kernels::cpu::arange(data, n, dtype); });
   }
 
-  void reduce(ReduceOp op, DType dtype, const void* x, void* out, AxisSplit axis, StreamImpl& stream) override {
+  void reduce(ReduceOp op, DType dtype, const void* x, void* out, const kernels::StridedAxis& axis,
+              StreamImpl& stream) override {
     enqueue_cpu(stream, [=] {
-      const F32View in(dtype, x, axis.outer * axis.n * axis.inner);
+      const F32Axis in(dtype, x, axis);
       if (op == ReduceOp::argmax) {
-        kernels::cpu::argmax(in.data(), static_cast<std::int64_t*>(out), axis.outer, axis.n, axis.inner);
+        kernels::cpu::argmax(in.data(), static_cast<std::int64_t*>(out), in.axis());
         return;
       }
       F32Out result(dtype, out, axis.outer * axis.inner);
-      kernels::cpu::reduce(op, in.data(), result.data(), axis.outer, axis.n, axis.inner);
+      kernels::cpu::reduce(op, in.data(), result.data(), in.axis());
       result.finish();
     });
   }
 
-  void softmax(DType dtype, const void* x, void* out, AxisSplit axis, StreamImpl& stream) override {
+  void softmax(DType dtype, const void* x, void* out, const kernels::StridedAxis& axis, StreamImpl& stream) override {
     enqueue_cpu(stream, [=] {
-      const std::int64_t n = axis.outer * axis.n * axis.inner;
-      const F32View in(dtype, x, n);
-      F32Out result(dtype, out, n);
-      kernels::cpu::softmax(in.data(), result.data(), axis.outer, axis.n, axis.inner);
+      const F32Axis in(dtype, x, axis);
+      F32Out result(dtype, out, axis.numel());
+      kernels::cpu::softmax(in.data(), result.data(), in.axis());
       result.finish();
     });
   }
 
-  void layer_norm(DType dtype, const void* x, const void* gamma, const void* beta, void* out, std::int64_t rows,
-                  std::int64_t cols, float eps, StreamImpl& stream) override {
+  void layer_norm(DType dtype, const void* x, const void* gamma, const void* beta, void* out,
+                  const kernels::StridedAxis& axis, float eps, StreamImpl& stream) override {
     enqueue_cpu(stream, [=] {
-      const F32View in(dtype, x, rows * cols), g(dtype, gamma, cols), b(dtype, beta, cols);
-      F32Out result(dtype, out, rows * cols);
-      kernels::cpu::layer_norm(in.data(), g.data(), b.data(), result.data(), rows, cols, eps);
+      const F32Axis in(dtype, x, axis);
+      const F32View g(dtype, gamma, axis.n), b(dtype, beta, axis.n);
+      F32Out result(dtype, out, axis.outer * axis.n);
+      kernels::cpu::layer_norm(in.data(), g.data(), b.data(), result.data(), in.axis(), eps);
       result.finish();
     });
   }
 
-  void matmul(DType dtype, const void* a, const void* b, void* c, MatmulDims d, StreamImpl& stream) override {
-    enqueue_cpu(stream, [=] {
-      // A shared (stride 0) operand is one matrix; otherwise batch of them back to back.
-      const F32View av(dtype, a, (d.a_stride == 0 ? 1 : d.batch) * d.m * d.k);
-      const F32View bv(dtype, b, (d.b_stride == 0 ? 1 : d.batch) * d.k * d.n);
-      F32Out result(dtype, c, d.batch * d.m * d.n);
-      kernels::cpu::matmul(av.data(), bv.data(), result.data(), d.batch, d.m, d.k, d.n, d.a_stride, d.b_stride);
-      result.finish();
-    });
+  void matmul(DType dtype, const void* a, const void* b, void* c, const kernels::MatmulLayout& layout,
+              StreamImpl& stream) override {
+    // The kernel reads strided f16 / bf16 operands itself, converting what it packs (no whole-buffer
+    // conversion), and rounds each product's f32 result once.
+    enqueue_cpu(stream, [=] { kernels::cpu::matmul(dtype, a, b, c, layout); });
   }
 
   std::optional<IndexFault> index_select(const void* x, std::size_t element_bytes, const void* index, DType index_dtype,

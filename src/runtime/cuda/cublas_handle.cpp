@@ -43,8 +43,12 @@ class CublasHandle {
     DEFER_CUBLAS_CHECK(cublasCreate(&handle_));
     try {
       DEFER_CUBLAS_CHECK(cublasSetPointerMode(handle_, CUBLAS_POINTER_MODE_HOST));
-      // The default math mode never rounds fp32 operands to TF32 (TF32 would miss the 1e-4 contract).
-      DEFER_CUBLAS_CHECK(cublasSetMathMode(handle_, CUBLAS_DEFAULT_MATH));
+      // The default math mode never rounds fp32 operands to TF32 (TF32 would miss the 1e-4 contract),
+      // and f16/bf16 products never reduce split-K partial sums in f16/bf16: they accumulate in f32
+      // and round once (docs/api.md section 9).
+      DEFER_CUBLAS_CHECK(
+          cublasSetMathMode(handle_, static_cast<cublasMath_t>(CUBLAS_DEFAULT_MATH |
+                                                               CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
     } catch (...) {
       (void)cublasDestroy(handle_);
       throw;

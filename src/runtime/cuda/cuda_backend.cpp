@@ -56,25 +56,27 @@ class CudaBackend final : public Backend {
     kernels::cuda::arange(data, n, dtype, cuda_handle(stream));
   }
 
-  void reduce(ReduceOp op, DType dtype, const void* x, void* out, AxisSplit axis, StreamImpl& stream) override {
+  void reduce(ReduceOp op, DType dtype, const void* x, void* out, const kernels::StridedAxis& axis,
+              StreamImpl& stream) override {
     CudaDeviceGuard guard(stream.device().index());
-    kernels::cuda::reduce(op, dtype, x, out, axis.outer, axis.n, axis.inner, cuda_handle(stream));
+    kernels::cuda::reduce(op, dtype, x, out, axis, cuda_handle(stream));
   }
 
-  void softmax(DType dtype, const void* x, void* out, AxisSplit axis, StreamImpl& stream) override {
+  void softmax(DType dtype, const void* x, void* out, const kernels::StridedAxis& axis, StreamImpl& stream) override {
     CudaDeviceGuard guard(stream.device().index());
-    kernels::cuda::softmax(dtype, x, out, axis.outer, axis.n, axis.inner, cuda_handle(stream));
+    kernels::cuda::softmax(dtype, x, out, axis, cuda_handle(stream));
   }
 
-  void layer_norm(DType dtype, const void* x, const void* gamma, const void* beta, void* out, std::int64_t rows,
-                  std::int64_t cols, float eps, StreamImpl& stream) override {
+  void layer_norm(DType dtype, const void* x, const void* gamma, const void* beta, void* out,
+                  const kernels::StridedAxis& axis, float eps, StreamImpl& stream) override {
     CudaDeviceGuard guard(stream.device().index());
-    kernels::cuda::layer_norm(dtype, x, gamma, beta, out, rows, cols, eps, cuda_handle(stream));
+    kernels::cuda::layer_norm(dtype, x, gamma, beta, out, axis, eps, cuda_handle(stream));
   }
 
-  void matmul(DType dtype, const void* a, const void* b, void* c, MatmulDims d, StreamImpl& stream) override {
+  void matmul(DType dtype, const void* a, const void* b, void* c, const kernels::MatmulLayout& layout,
+              StreamImpl& stream) override {
     CudaDeviceGuard guard(stream.device().index());
-    kernels::cuda::matmul(cublas_handle(stream), dtype, a, b, c, d.batch, d.m, d.k, d.n, d.a_stride, d.b_stride);
+    kernels::cuda::matmul(cublas_handle(stream), dtype, a, b, c, layout);
   }
 
   std::optional<IndexFault> index_select(const void* x, std::size_t element_bytes, const void* index, DType index_dtype,

@@ -2,11 +2,16 @@
 
 #include "runtime/stream_capture.hpp"
 
+#include <memory>
 #include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "runtime/cuda/cuda_check.hpp"
 #include "runtime/cuda/cuda_device_guard.hpp"
+#include "runtime/stream_ordered_pool.hpp"
 
 namespace defer::detail {
 namespace {
@@ -72,7 +77,33 @@ CudaStream::CudaStream(int device, bool owned) : StreamImpl(Device::cuda(device)
   DEFER_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
 }
 
+CudaStream::CudaStream(int device, cudaStream_t external)
+    : StreamImpl(Device::cuda(device)), stream_(external), owned_(false), external_(true) {
+#if CUDART_VERSION >= 12080
+  // A stream of another device would run our kernels there, on memory of this device. The legacy
+  // and per-thread handles are not checked: they mean the current device's, and every call on this
+  // stream makes `device` current first.
+  if (external == cudaStreamLegacy || external == cudaStreamPerThread) return;
+  CudaDeviceGuard guard(device);
+  int actual = -1;
+  const cudaError_t err = cudaStreamGetDevice(external, &actual);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    throw std::invalid_argument("Stream::from_native: the handle is not a CUDA stream of cuda:" +
+                                std::to_string(device) + " (cudaStreamGetDevice: " + cudaGetErrorName(err) + ")");
+  }
+  if (actual != device) {
+    throw std::invalid_argument("Stream::from_native: the handle is a stream of cuda:" + std::to_string(actual) +
+                                ", not of cuda:" + std::to_string(device));
+  }
+#endif
+}
+
 CudaStream::~CudaStream() {
+  if (external_) {
+    release_blocks_when_drained();
+    return;
+  }
   if (!owned_) return;  // default streams live until the process exits
   // Wait for queued work so that the allocator may hand this stream's cached blocks to any stream.
   const bool drained = cudaStreamSynchronize(stream_) == cudaSuccess;
@@ -80,14 +111,66 @@ CudaStream::~CudaStream() {
   (void)cudaStreamDestroy(stream_);
 }
 
+namespace {
+
+// What a host function needs to release a wrapper's cached blocks after the wrapper is gone.
+struct RetiredStream {
+  Device device;
+  std::uint64_t id;
+};
+
+// A CUDA host function: it must make no CUDA call, and moving blocks within the allocator makes none.
+void release_retired(void* p) {
+  std::unique_ptr<RetiredStream> retired(static_cast<RetiredStream*>(p));
+  try {
+    pool_for(retired->device).stream_destroyed(retired->id);
+  } catch (...) {
+  }
+}
+
+}  // namespace
+
+void CudaStream::release_blocks_when_drained() noexcept {
+  try {
+    CudaDeviceGuard guard(device().index());  // the legacy and per-thread handles mean the current device's
+    const cudaError_t state = cudaStreamQuery(stream_);
+    if (state == cudaSuccess) {
+      release_cached_blocks();
+      return;
+    }
+    if (state == cudaErrorNotReady) {
+      // Queued after the work so far, by id: this object is gone when it runs.
+      auto retired = std::make_unique<RetiredStream>(RetiredStream{device(), id()});
+      if (cudaLaunchHostFunc(stream_, release_retired, retired.get()) == cudaSuccess) {
+        retired.release();
+        return;
+      }
+      (void)cudaGetLastError();
+      if (cudaStreamSynchronize(stream_) == cudaSuccess) {
+        release_cached_blocks();
+        return;
+      }
+    }
+    (void)cudaGetLastError();
+  } catch (...) {
+  }
+  // A failed stream keeps its blocks: memory of unknown state is never reused.
+}
+
 void* CudaStream::native_handle() const noexcept {
   if (const StreamCapture* capture = StreamCapture::active_for(*this)) return capture->capture_handle();
   return stream_;
 }
 
-void CudaStream::synchronize() { DEFER_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+void CudaStream::synchronize() {
+  std::optional<CudaDeviceGuard> guard;
+  if (external_) guard.emplace(device().index());  // a legacy or per-thread handle means the current device's
+  DEFER_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
 
 bool CudaStream::query() {
+  std::optional<CudaDeviceGuard> guard;
+  if (external_) guard.emplace(device().index());  // as in synchronize
   const cudaError_t err = cudaStreamQuery(stream_);
   if (err == cudaErrorNotReady) return false;
   DEFER_CUDA_CHECK(err);

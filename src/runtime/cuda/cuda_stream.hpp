@@ -5,6 +5,9 @@
 // queues), and every one can be captured into a CUDA graph, which the legacy stream cannot. Code
 // that mixes defer with work on stream 0 orders the two with events (Stream::wait / Event). Events are timing-disabled and
 // recycled through a per-device free list, since creating one costs more than recording one.
+// The exception is a wrapper made by Stream::from_native: it queues on a stream made elsewhere
+// (any kind, cudaStreamLegacy too; captures still record on a private stream of ours), never
+// destroyed here.
 #include <cuda_runtime_api.h>
 
 #include <memory>
@@ -32,6 +35,9 @@ class CudaStream final : public StreamImpl {
  public:
   // owned: destroyed with this object; otherwise the device's default stream, never destroyed.
   CudaStream(int device, bool owned);
+  // Stream::from_native: wraps `external`, a stream of `device` made elsewhere, never destroyed
+  // here. std::invalid_argument when CUDA says it belongs to another device or is no stream.
+  CudaStream(int device, cudaStream_t external);
   ~CudaStream() override;
 
   void synchronize() override;
@@ -44,8 +50,13 @@ class CudaStream final : public StreamImpl {
   cudaStream_t handle() const noexcept { return stream_; }
 
  private:
+  // A wrapper's last handle is gone: the allocator's blocks cached for it go to the shared pool once
+  // the work queued so far has finished, without blocking the host (the stream lives on elsewhere).
+  void release_blocks_when_drained() noexcept;
+
   cudaStream_t stream_ = nullptr;
   bool owned_;
+  bool external_ = false;  // made by Stream::from_native
 };
 
 inline cudaStream_t cuda_handle(const StreamImpl& s) { return static_cast<cudaStream_t>(s.native_handle()); }
