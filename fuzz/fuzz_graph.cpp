@@ -1,8 +1,11 @@
 // libFuzzer target: the input is a program in the graph language of tests/support/graph_lang.hpp.
 // Parse errors are fine (most random inputs are not programs); a program runs twice on the CPU
 // backend, once as written (deferred and eager mixed, several streams, fusion and replay switched)
-// and once all eager on one stream, and the two must agree bit for bit. Any crash, sanitizer
-// report, uncaught exception or disagreement (abort) is a finding.
+// and once all eager on one stream, and the two must agree bit for bit; each run also checks the
+// language's rules (RunResult::problems): every call the shape rules reject (views included) is
+// rejected at the call and no other, every waited value has the shape, dtype and strides the rules
+// give it, and a wait fails only with a run-time error. Any crash, sanitizer report, uncaught
+// exception, disagreement or problem (abort) is a finding.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>

@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include <defer/defer.hpp>
@@ -386,4 +387,212 @@ TEST(GraphLang, SeedCorpusRunsCleanDeferredAgainstEager) {
     EXPECT_EQ(L::compare(a, b), "");
   }
   EXPECT_GE(files, 5);
+}
+
+// ---- views (docs/api.md section 8) -------------------------------------------------------------------
+
+TEST(GraphLang, ParsesAndPrintsEveryViewStatement) {
+  const std::string text =
+      "x = rand 1 2 3 4\nt = transpose x\nu = transpose x 0 -1\np = permute x 2 0 -2\nr = reshape x 4 -1\nv = view x 6 4\n"
+      "q = unsqueeze x -1\ns = squeeze q 3\ne = expand q 5 -1 3 4 2\nl = slice x 2 -3 9223372036854775807 2\n"
+      "c = select x 0 -1\nh = split x 2 1 1\nd = contiguous t\nj = cat x x 1\nk = cat x u p x -3\nz = reshape c\n";
+  const L::Program p = L::parse(text);
+  ASSERT_EQ(p.stmts.size(), 16u);
+  EXPECT_EQ(L::to_text(p), text);
+  EXPECT_EQ(p.stmts[1].kind, L::Kind::transpose);
+  EXPECT_TRUE(p.stmts[1].ints.empty());
+  EXPECT_EQ(p.stmts[2].ints, (std::vector<int64_t>{0, -1}));
+  EXPECT_EQ(p.stmts[3].kind, L::Kind::permute);
+  EXPECT_EQ(p.stmts[3].ints, (std::vector<int64_t>{2, 0, -2}));
+  EXPECT_EQ(p.stmts[4].kind, L::Kind::reshape);
+  EXPECT_EQ(p.stmts[4].ints, (std::vector<int64_t>{4, -1}));
+  EXPECT_EQ(p.stmts[5].kind, L::Kind::view);
+  EXPECT_EQ(p.stmts[6].kind, L::Kind::unsqueeze);
+  EXPECT_EQ(p.stmts[6].dim, -1);
+  EXPECT_EQ(p.stmts[7].kind, L::Kind::squeeze);
+  EXPECT_EQ(p.stmts[8].kind, L::Kind::expand);
+  EXPECT_EQ(p.stmts[8].ints, (std::vector<int64_t>{5, -1, 3, 4, 2}));
+  EXPECT_EQ(p.stmts[9].kind, L::Kind::slice);
+  EXPECT_EQ(p.stmts[9].dim, 2);
+  EXPECT_EQ(p.stmts[9].ints, (std::vector<int64_t>{-3, INT64_MAX, 2}));
+  EXPECT_EQ(p.stmts[10].kind, L::Kind::select);
+  EXPECT_EQ(p.stmts[10].ints, (std::vector<int64_t>{-1}));
+  EXPECT_EQ(p.stmts[11].kind, L::Kind::split);
+  EXPECT_EQ(p.stmts[11].ints, (std::vector<int64_t>{2, 1}));  // size, part
+  EXPECT_EQ(p.stmts[11].dim, 1);
+  EXPECT_EQ(p.stmts[12].kind, L::Kind::contiguous);
+  EXPECT_EQ(p.stmts[14].kind, L::Kind::cat);
+  EXPECT_EQ(p.stmts[14].args.size(), 4u);
+  EXPECT_EQ(p.stmts[14].dim, -3);
+  EXPECT_TRUE(p.stmts[15].ints.empty());  // a 0-d result
+
+  struct Row {
+    const char* text;
+    const char* message;
+  } rows[] = {
+      {"x = rand 1 2 3\nt = transpose x 0\n", "'transpose' takes 1 or 3 operand(s)"},
+      {"x = rand 1 2 3\nt = transpose x 0 1 2\n", "'transpose' takes 1 or 3 operand(s)"},
+      {"x = rand 1 2 3\nl = slice x 0 1 2\n", "'slice' takes 5 operand(s), got 4"},
+      {"x = rand 1 2 3\nl = slice x 0 a 2 1\n", "start 'a' is not an integer"},
+      {"x = rand 1 2 3\nl = slice x 0 0 99999999999999999999 1\n", "end '99999999999999999999' is not an integer"},
+      {"x = rand 1 2 3\nr = reshape x 1 1 1 1 1 1 1 1 1 1 6\n", "'reshape' takes 1 to 11 operand(s), got 12"},
+      {"x = rand 1 2 3\nr = reshape x 65537 -1\n", "extent 65537 is out of"},
+      {"x = rand 1 2 3\np = permute x 0 9\n", "dim 9 is out of [-8, 8]"},
+      {"x = rand 1 2 3\nc = cat 0\n", "'cat' takes 2 to 5 operand(s), got 1"},
+      {"x = rand 1 2 3\nc = cat x x x x x 0\n", "'cat' takes 2 to 5 operand(s), got 6"},
+      {"x = rand 1 2 3\nc = cat x y 0\n", "'y' is not defined"},
+      {"x = rand 1 2 3\nc = cat x x\n", "dim 'x' is not an integer"},
+      {"x = rand 1 2 3\nh = split x 2 0\n", "'split' takes 4 operand(s), got 3"},
+      {"x = rand 1 2 3\nh = split x 2 0 70000\n", "part 70000 is out of"},
+      {"x = rand 1 2 3\nh = select x 0\n", "'select' takes 3 operand(s), got 2"},
+      {"x = rand 1 2 3\nh = unsqueeze x\n", "'unsqueeze' takes 2 operand(s), got 1"},
+      {"x = rand 1 2 3\nh = contiguous x x\n", "'contiguous' takes 1 operand(s), got 2"},
+      {"x = rand 1 2 3\nh = view\n", "'view' takes 1 to 11 operand(s), got 0"},
+  };
+  for (const Row& r : rows) {
+    const std::string msg = parse_error(r.text);
+    EXPECT_NE(msg.find(r.message), std::string::npos) << "text: " << r.text << "\ngot: '" << msg << "'";
+  }
+}
+
+namespace {
+
+// Each, after "x = rand 1 2 3 4", a view call that docs/api.md section 8 rejects: bad dims, extents,
+// indices, steps, shapes that do not match, and view where the strides allow none.
+const char* const kBadViews[] = {
+           "t = transpose x 0 3\n", "s = rand 3\nt = transpose s\n", "s = rand 3\nt = transpose s 0 0\n",
+           "p = permute x 0 1\n", "p = permute x 0 1 1\n", "p = permute x 0 1 -4\n", "r = reshape x 5 -1\n",
+           "r = reshape x -1 -1\n", "r = reshape x 25\n", "r = reshape x 2 -2 -6\n", "e = rand 2 0 3\nr = reshape e -1 0\n",
+           "r = reshape x 65536 65536 65536 65536 1 -1\n", "t = transpose x\nv = view t 24\n", "t = transpose x\nv = view t 2 12\n", "t = transpose x\nv = view t 8 3\n",
+           "u = unsqueeze x 4\n", "u = unsqueeze x -5\n", "s = squeeze x 0\n", "s = squeeze x 3\n", "e = expand x 3 4\n",
+           "e = expand x 2 3 5\n", "e = expand x -1 2 3 4\n", "e = expand x 2 3 -2\n", "l = slice x 0 0 2 0\n",
+           "l = slice x 0 0 2 -1\n", "l = slice x 3 0 2 1\n", "s = rand 3\nl = slice s 0 0 1 1\n", "c = select x 0 2\n",
+           "c = select x 2 -5\n", "c = select x -4 0\n", "h = split x 0 0 0\n", "h = split x 2 1 2\n", "h = split x 2 1 -1\n",
+           "h = split x 1 3 0\n", "y = rand 2 2 3 5\nj = cat x y 1\n", "y = to x f16\nj = cat x y 0\n", "y = rand 2 3 4\nj = cat x y 0\n",
+           "s = rand 3\nj = cat s s 0\n", "j = cat x x 3\n"};
+
+// The type of the last statement of `text` (each statement typed from the ones before it).
+std::optional<L::ValueType> last_type(const std::string& text) {
+  const L::Program p = L::parse(text);
+  std::vector<std::optional<L::ValueType>> types(p.names.size());
+  for (const L::Stmt& s : p.stmts) {
+    std::vector<L::ValueType> args;
+    for (int a : s.args) args.push_back(*types[static_cast<std::size_t>(a)]);
+    types[static_cast<std::size_t>(s.out)] = L::infer_type(s, args);
+  }
+  return types[static_cast<std::size_t>(p.stmts.back().out)];
+}
+
+}  // namespace
+
+TEST(GraphLang, TheViewRulesGiveShapesAndLayouts) {
+  const std::string x = "x = rand 1 2 3 4\n";
+  const auto is = [&](const std::string& stmt, const Shape& shape, const Shape& strides) {
+    const auto t = last_type(x + stmt);
+    ASSERT_TRUE(t.has_value()) << stmt;
+    EXPECT_EQ(t->shape, shape) << stmt;
+    EXPECT_EQ(t->strides, strides) << stmt;  // canonical: empty when dense, 0 for extent-1 dims
+    EXPECT_EQ(t->dtype, DType::f32) << stmt;
+  };
+  is("t = transpose x\n", {2, 4, 3}, {12, 1, 4});
+  is("t = transpose x 0 2\n", {4, 3, 2}, {1, 4, 12});
+  is("t = transpose x 1 1\n", {2, 3, 4}, {});
+  is("t = permute x 1 -1 0\n", {3, 4, 2}, {4, 1, 12});
+  is("t = reshape x 4 -1\n", {4, 6}, {});
+  is("t = transpose x\nr = reshape t 2 12\n", {2, 12}, {});         // no view: copied, dense
+  is("t = transpose x\nr = reshape t 2 2 2 3\n", {2, 2, 2, 3}, {12, 2, 1, 4});  // splits a dim: a view
+  is("t = transpose x\nr = view t 2 4 1 3\n", {2, 4, 1, 3}, {12, 1, 0, 4});
+  is("l = slice x 2 0 4 2\nv = view l 6 2\n", {6, 2}, {4, 2});  // dims 0 and 1 merge: stride 12 = 3 * 4
+  is("u = unsqueeze x 0\n", {1, 2, 3, 4}, {});
+  is("u = unsqueeze x -1\ne = expand u 5 -1 -1 -1 3\n", {5, 2, 3, 4, 3}, {0, 12, 4, 1, 0});
+  is("e = rand 2 3 1\nf = expand e 2 3 0\n", {2, 3, 0}, {});  // no elements: any layout
+  is("l = slice x 2 -3 100 2\n", {2, 3, 2}, {12, 4, 2});
+  is("l = slice x 1 -100 -1 1\n", {2, 2, 4}, {12, 4, 1});
+  is("l = slice x 1 2 1 1\n", {2, 0, 4}, {});
+  is("l = slice x 0 -9223372036854775808 9223372036854775807 9223372036854775807\n", {1, 3, 4}, {});
+  is("c = select x 1 -1\n", {2, 4}, {12, 1});
+  is("h = split x 2 1 1\n", {2, 1, 4}, {12, 0, 1});
+  is("h = split x 2 1 0\n", {2, 2, 4}, {12, 4, 1});
+  is("e = rand 2 0 3\nh = split e 5 0 0\n", {0, 3}, {});
+  is("t = transpose x\nd = contiguous t\n", {2, 4, 3}, {});
+  is("t = transpose x\nj = cat t t 1\n", {2, 8, 3}, {});
+  is("s = rand 3\nr = reshape s 1 1\n", {1, 1}, {});
+  is("s = rand 3\nr = permute s\n", {}, {});
+  is("s = rand 3\nr = expand s 2 3\n", {2, 3}, {0, 0});
+  for (const char* bad : kBadViews) EXPECT_EQ(last_type(x + bad), std::nullopt) << bad;
+}
+
+TEST(GraphLang, ViewCallsTheRulesRejectAreRejectedInEitherMode) {
+  for (const char* bad : kBadViews) {
+    const L::Program p = L::parse(std::string("x = rand 1 2 3 4\n") + bad);
+    for (const bool eager : {false, true}) {
+      const L::RunResult r = L::run(p, {.all_eager = eager, .wait_leftovers = false});
+      EXPECT_TRUE(r.problems.empty()) << bad << r.problems.front();
+      ASSERT_EQ(r.observations.size(), 1u) << bad;
+      const L::Observation& o = r.observations[0];
+      EXPECT_EQ(o.outcome, "invalid_argument") << bad;
+      EXPECT_NE(o.message.find(L::keyword(p.stmts.back())), std::string::npos) << bad << o.message;  // names the op
+    }
+  }
+}
+
+TEST(GraphLang, ViewsReadTheirOperandsElementsByIndex) {
+  // x [2, 3, 4]; each view's elements by their index, from x's values; the runner also checks that
+  // each waited tensor has the strides the layout rules give it.
+  const L::Program p = L::parse(
+      "x = rand 1 2 3 4\nt = transpose x 0 2\nl = slice x 2 -3 100 2\nc = select x 1 -1\nu = unsqueeze c 1\n"
+      "e = expand u 2 3 4\nh = split x 2 1 1\nj = cat x h 1\nr = reshape t -1\nf = add t t\np = permute x 1 2 0\n"
+      "g = relu e\nk = contiguous l\n");
+  const auto xv = L::leaf_values(1, 24, false);
+  const auto X = [&](int64_t i, int64_t j, int64_t k) { return xv[static_cast<std::size_t>((i * 3 + j) * 4 + k)]; };
+  std::map<std::string, std::vector<float>> want;
+  for (int64_t k = 0; k < 4; ++k)
+    for (int64_t j = 0; j < 3; ++j)
+      for (int64_t i = 0; i < 2; ++i) want["t"].push_back(X(i, j, k));
+  want["r"] = want["t"];
+  for (float v : want["t"]) want["f"].push_back(v + v);
+  for (int64_t i = 0; i < 2; ++i)
+    for (int64_t j = 0; j < 3; ++j)
+      for (int64_t k = 1; k < 4; k += 2) want["l"].push_back(X(i, j, k));
+  want["k"] = want["l"];
+  for (int64_t i = 0; i < 2; ++i)
+    for (int64_t k = 0; k < 4; ++k) want["c"].push_back(X(i, 2, k));
+  want["u"] = want["c"];
+  for (int64_t i = 0; i < 2; ++i)
+    for (int64_t j = 0; j < 3; ++j)
+      for (int64_t k = 0; k < 4; ++k) {
+        want["e"].push_back(X(i, 2, k));
+        want["g"].push_back(std::max(X(i, 2, k), 0.f));
+      }
+  for (int64_t i = 0; i < 2; ++i)
+    for (int64_t k = 0; k < 4; ++k) want["h"].push_back(X(i, 2, k));
+  for (int64_t i = 0; i < 2; ++i)
+    for (int64_t j = 0; j < 4; ++j)
+      for (int64_t k = 0; k < 4; ++k) want["j"].push_back(j < 3 ? X(i, j, k) : X(i, 2, k));
+  for (int64_t j = 0; j < 3; ++j)
+    for (int64_t k = 0; k < 4; ++k)
+      for (int64_t i = 0; i < 2; ++i) want["p"].push_back(X(i, j, k));
+  const std::map<std::string, Shape> shapes{{"t", {4, 3, 2}}, {"l", {2, 3, 2}}, {"c", {2, 4}},   {"u", {2, 1, 4}},
+                                            {"e", {2, 3, 4}}, {"h", {2, 1, 4}}, {"j", {2, 4, 4}}, {"r", {24}},
+                                            {"f", {4, 3, 2}}, {"p", {3, 4, 2}}, {"g", {2, 3, 4}}, {"k", {2, 3, 2}}};
+  for (const bool eager : {false, true}) {
+    const L::RunResult r = L::run(p, {.all_eager = eager});
+    EXPECT_TRUE(r.problems.empty()) << r.problems.front();
+    for (const L::Observation& o : r.observations) {
+      if (o.name == "x") continue;
+      EXPECT_EQ(o.outcome, "ok") << o.name << ": " << o.message;
+      EXPECT_EQ(o.shape, shapes.at(o.name)) << o.name;
+      EXPECT_EQ(o.values, want.at(o.name)) << o.name << (eager ? " (eager)" : " (deferred)");
+    }
+  }
+  EXPECT_EQ(L::compare(L::run(p), L::run(p, {.all_eager = true, .single_stream = true})), "");
+}
+
+TEST(GraphLang, CanonicalStridesCompareLayoutsNotTheirSpelling) {
+  EXPECT_EQ(L::canonical_strides({2, 3}, {3, 1}), Shape{});          // dense
+  EXPECT_EQ(L::canonical_strides({2, 1, 3}, {3, 99, 1}), Shape{});   // an extent-1 dim's stride never matters
+  EXPECT_EQ(L::canonical_strides({2, 0, 3}, {0, 5, 7}), Shape{});    // no elements
+  EXPECT_EQ(L::canonical_strides({3, 2}, {1, 3}), (Shape{1, 3}));
+  EXPECT_EQ(L::canonical_strides({1, 4}, {7, 0}), (Shape{0, 0}));    // expanded
+  EXPECT_EQ(L::canonical_strides({}, {}), Shape{});
 }

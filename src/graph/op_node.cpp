@@ -34,7 +34,24 @@ std::optional<Shape> reshaped_shape(const OpSpec& spec, const TensorMeta& in) {
 
 TensorMeta infer_meta(const OpSpec& spec, const std::vector<TensorMeta>& in) {
   switch (spec.kind) {
-    case OpKind::elementwise: return elementwise_meta(spec.op, spec.dtype, in);
+    case OpKind::elementwise: {
+      TensorMeta out = elementwise_meta(spec.op, spec.dtype, in);
+      if (out.shape.size() > static_cast<std::size_t>(kernels::kMaxDims)) {
+        // The kernels' limit, checked at the call: the operands must index with at most kMaxDims
+        // dims once merged (only possible to exceed with more dims than that).
+        std::vector<Shape> shapes, strides;
+        for (const TensorMeta& m : in) {
+          shapes.push_back(m.shape);
+          strides.push_back(m.strides);
+        }
+        try {
+          make_fused_layout(out.shape, shapes, strides);
+        } catch (const std::invalid_argument& e) {
+          throw std::invalid_argument(std::string(kernels::info(spec.op).name) + ": " + e.what());
+        }
+      }
+      return out;
+    }
     case OpKind::reduce: {
       const bool index = kernels::kReduceOps[static_cast<unsigned>(spec.reduce)].result == kernels::OpResult::index;
       return reduce_meta(short_name(spec), in[0], spec.dim, spec.keepdim,

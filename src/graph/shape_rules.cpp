@@ -264,7 +264,10 @@ TensorMeta embedding_meta(const TensorMeta& weight, const TensorMeta& ids) {
   return TensorMeta{std::move(out), weight.dtype, weight.device};
 }
 
-int64_t numel_of(const Shape& s) { return product(s, 0, s.size()); }
+int64_t numel_of(const Shape& s) {
+  // A 0 extent first: the other extents of an empty shape may multiply past int64.
+  return std::find(s.begin(), s.end(), 0) != s.end() ? 0 : product(s, 0, s.size());
+}
 
 AxisSplit split_at(const Shape& s, int dim) {
   const auto d = static_cast<std::size_t>(dim);

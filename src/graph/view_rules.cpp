@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "graph/shape_rules.hpp"
+#include "op_table.hpp"
 #include "runtime/tensor_impl.hpp"
 
 namespace defer::detail {
@@ -24,20 +26,22 @@ int64_t dim_of(ViewOp op, int64_t dim, std::size_t rank, const Shape& shape, boo
 // Shape with at most one -1 resolved against `numel`.
 Shape resolve_shape(ViewOp op, const Shape& in, const Shape& requested) {
   Shape out = requested;
-  int64_t known = 1;
   std::optional<std::size_t> infer;
+  bool empty = false;
   for (std::size_t d = 0; d < out.size(); ++d) {
     if (out[d] == -1) {
       if (infer) fail(op, "only one extent may be -1, got " + shape_str(requested));
       infer = d;
     } else if (out[d] < 0) {
       fail(op, "invalid extent " + std::to_string(out[d]) + " in shape " + shape_str(requested));
-    } else if (__builtin_mul_overflow(known, out[d], &known)) {
-      fail(op, "the element count of shape " + shape_str(requested) + " overflows int64");
     }
+    empty = empty || out[d] == 0;
   }
-  int64_t numel = 1;
-  for (int64_t e : in) numel *= e;
+  int64_t known = empty ? 0 : 1;  // a 0 extent makes the count 0, whatever the others
+  for (std::size_t d = 0; d < out.size() && !empty; ++d)
+    if (out[d] != -1 && __builtin_mul_overflow(known, out[d], &known))
+      fail(op, "the element count of shape " + shape_str(requested) + " overflows int64");
+  const int64_t numel = numel_of(in);
   if (infer) {
     if (known == 0 || numel % known != 0)
       fail(op, "shape " + shape_str(requested) + " is invalid for " + shape_str(in) + " (" + std::to_string(numel) +
@@ -47,6 +51,29 @@ Shape resolve_shape(ViewOp op, const Shape& in, const Shape& requested) {
     fail(op, "shape " + shape_str(requested) + " (" + std::to_string(known) + " elements) is invalid for " +
                  shape_str(in) + " (" + std::to_string(numel) + " elements)");
   }
+  return out;
+}
+
+// The kernels index at most kMaxDims dims once the dims that step over each other are merged: a
+// view with more is refused at the call, where the error belongs, not by whatever reads it later.
+Strided checked_rank(ViewOp op, Strided out) {
+  if (out.shape.size() <= static_cast<std::size_t>(kernels::kMaxDims)) return out;
+  int dims = 0;
+  int64_t inner_stride = 0, inner_extent = 0;  // of the last dim counted
+  for (std::size_t d = out.shape.size(); d-- > 0;) {
+    if (out.shape[d] == 1) continue;
+    if (out.shape[d] == 0) return out;  // no elements: nothing is ever indexed
+    if (dims > 0 && out.strides[d] == inner_stride * inner_extent) {
+      inner_extent *= out.shape[d];
+      continue;
+    }
+    ++dims;
+    inner_stride = out.strides[d];
+    inner_extent = out.shape[d];
+  }
+  if (dims > kernels::kMaxDims)
+    fail(op, "the result " + shape_str(out.shape) + " (strides " + shape_str(out.strides) + ") has " + std::to_string(dims) +
+                 " dims that do not merge; at most " + std::to_string(kernels::kMaxDims) + " are supported");
   return out;
 }
 
@@ -68,9 +95,7 @@ const char* view_name(ViewOp op) noexcept {
 }
 
 std::optional<Shape> view_strides(const Shape& old_shape, const Shape& old_strides, const Shape& shape) {
-  int64_t numel = 1;
-  for (int64_t e : old_shape) numel *= e;
-  if (numel == 0 || old_shape.empty()) return contiguous_strides(shape);
+  if (numel_of(old_shape) == 0 || old_shape.empty()) return contiguous_strides(shape);
   Shape strides(shape.size(), 0);
   auto view_d = static_cast<int64_t>(shape.size()) - 1;
   int64_t chunk_stride = old_strides.back();  // the stride of the innermost dim of the current run
@@ -99,6 +124,12 @@ std::optional<Shape> view_strides(const Shape& old_shape, const Shape& old_strid
 }
 
 std::optional<Strided> apply_view(ViewOp op, const std::vector<int64_t>& args, const Strided& in) {
+  std::optional<Strided> out = apply_view_unchecked(op, args, in);
+  if (out) out = checked_rank(op, std::move(*out));
+  return out;
+}
+
+std::optional<Strided> apply_view_unchecked(ViewOp op, const std::vector<int64_t>& args, const Strided& in) {
   Strided out = in;
   const std::size_t rank = in.shape.size();
   switch (op) {
@@ -156,7 +187,6 @@ std::optional<Strided> apply_view(ViewOp op, const std::vector<int64_t>& args, c
       const std::size_t lead = args.size() - rank;
       out.shape.assign(args.size(), 0);
       out.strides.assign(args.size(), 0);
-      int64_t numel = 1;
       for (std::size_t i = 0; i < args.size(); ++i) {
         const int64_t want = args[i];
         if (i < lead) {
@@ -174,9 +204,12 @@ std::optional<Strided> apply_view(ViewOp op, const std::vector<int64_t>& args, c
                          std::to_string(i) + ": " + std::to_string(in.shape[j]) + " to " + std::to_string(want) + ")");
           }
         }
-        if (__builtin_mul_overflow(numel, out.shape[i], &numel))
-          fail(op, "the element count of shape " + shape_str(args) + " overflows int64");
       }
+      int64_t numel = 1;
+      if (std::find(out.shape.begin(), out.shape.end(), 0) == out.shape.end())
+        for (int64_t e : out.shape)
+          if (__builtin_mul_overflow(numel, e, &numel))
+            fail(op, "the element count of shape " + shape_str(args) + " overflows int64");
       return out;
     }
     case ViewOp::slice: {
@@ -190,8 +223,11 @@ std::optional<Strided> apply_view(ViewOp op, const std::vector<int64_t>& args, c
       if (end < 0) end += extent;
       start = std::clamp<int64_t>(start, 0, extent);
       end = std::clamp<int64_t>(end, start, extent);
-      out.shape[d] = (end - start + step - 1) / step;
-      out.strides[d] = in.strides[d] * step;
+      // Written so that no step, however large, overflows: the count is 1 + (end - start - 1) / step.
+      out.shape[d] = end == start ? 0 : 1 + (end - start - 1) / step;
+      // With fewer than two elements the stride never moves the index: keep the input's.
+      if (out.shape[d] > 1 && __builtin_mul_overflow(in.strides[d], step, &out.strides[d]))
+        fail(op, "step " + std::to_string(step) + " times the stride " + std::to_string(in.strides[d]) + " overflows int64");
       if (out.shape[d] > 0) out.offset += start * in.strides[d];
       return out;
     }

@@ -27,7 +27,10 @@ struct Strided {
 // unsqueeze/squeeze: dim; slice: dim, start, end, step; select: dim, index.
 // For reshape, nullopt when the strides do not allow a view (the caller copies first, after which
 // they always do); for view that case throws.
+// A result with more than kMaxDims dims that do not merge is refused (the kernels' limit).
 std::optional<Strided> apply_view(ViewOp op, const std::vector<int64_t>& args, const Strided& in);
+// The same without the rank check (fusion carries layouts through several views).
+std::optional<Strided> apply_view_unchecked(ViewOp op, const std::vector<int64_t>& args, const Strided& in);
 
 // The strides of `shape` viewing a layout of old_shape/old_strides (same element count), or nullopt
 // when no strides can express it (PyTorch's rule: dims may be merged or split only within runs that

@@ -1,6 +1,7 @@
 // Tensor handles, creation and host copies.
 #include <defer/tensor.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -24,9 +25,11 @@ std::string shape_str(const Shape& s) {
 namespace detail {
 
 int64_t checked_numel(const Shape& shape, DType dtype, const char* op) {
+  for (int64_t extent : shape)
+    if (extent < 0) throw std::invalid_argument(std::string(op) + ": negative extent in shape " + shape_str(shape));
+  if (std::find(shape.begin(), shape.end(), 0) != shape.end()) return 0;  // whatever the other extents
   int64_t n = 1;
   for (int64_t extent : shape) {
-    if (extent < 0) throw std::invalid_argument(std::string(op) + ": negative extent in shape " + shape_str(shape));
     if (__builtin_mul_overflow(n, extent, &n))
       throw std::invalid_argument(std::string(op) + ": the element count of shape " + shape_str(shape) + " overflows int64");
   }
@@ -41,7 +44,9 @@ Shape contiguous_strides(const Shape& shape) {
   int64_t step = 1;
   for (std::size_t d = shape.size(); d-- > 0;) {
     strides[d] = step;
-    step *= shape[d] > 0 ? shape[d] : 1;
+    // Only an empty shape can overflow here (its strides address nothing): keep the last step.
+    int64_t next = 0;
+    if (!__builtin_mul_overflow(step, shape[d] > 0 ? shape[d] : 1, &next)) step = next;
   }
   return strides;
 }
@@ -80,8 +85,7 @@ Tensor make_view(const Tensor& base, Shape shape, Shape strides, int64_t storage
 Tensor wrap_storage(std::shared_ptr<Storage> storage, Shape shape, Shape strides, int64_t storage_offset, DType dtype,
                     Device device) {
   auto impl = std::make_shared<TensorImpl>();
-  impl->numel = 1;
-  for (int64_t extent : shape) impl->numel *= extent;  // validated by the caller
+  impl->numel = checked_numel(shape, dtype, "view");  // cheap; an empty shape may hold huge extents
   impl->contiguous = is_contiguous(shape, strides);
   impl->shape = std::move(shape);
   impl->strides = std::move(strides);

@@ -6,6 +6,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <random>
 #include <sstream>
 #include <unordered_map>
@@ -231,6 +232,66 @@ class Parser {
       for (std::size_t k = 0; k < extra; ++k) s.scalars[k] = number(w[1 + tensors + k]);
   }
 
+  int64_t any_integer(std::string_view w, const char* what) const {
+    return integer(w, std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max(), what);
+  }
+
+  // The words from w[first] on as integers in [lo, hi].
+  std::vector<int64_t> list(const Words& w, std::size_t first, int64_t lo, int64_t hi, const char* what) const {
+    std::vector<int64_t> v;
+    for (std::size_t i = first; i < w.size(); ++i) v.push_back(integer(w[i], lo, hi, what));
+    return v;
+  }
+
+  // The views and copies of docs/api.md section 8 (transpose is above).
+  bool view(const Words& w, Stmt& s) const {
+    const std::string_view o = w[0];
+    const auto one_operand = [&](Kind k) {
+      s.kind = k;
+      s.args = {use(w[1])};
+    };
+    if (o == "reshape" || o == "view" || o == "expand") {
+      expect_words(w, 2, 2 + kMaxList);
+      one_operand(o == "reshape" ? Kind::reshape : o == "view" ? Kind::view : Kind::expand);
+      s.ints = list(w, 2, -kMaxListExtent, kMaxListExtent, "extent");
+    } else if (o == "permute") {
+      expect_words(w, 2, 2 + kMaxList);
+      one_operand(Kind::permute);
+      s.ints = list(w, 2, -8, 8, "dim");
+    } else if (o == "unsqueeze" || o == "squeeze") {
+      expect_words(w, 3, 3);
+      one_operand(o == "unsqueeze" ? Kind::unsqueeze : Kind::squeeze);
+      s.dim = dim(w[2]);
+    } else if (o == "slice") {
+      expect_words(w, 6, 6);
+      one_operand(Kind::slice);
+      s.dim = dim(w[2]);
+      s.ints = {any_integer(w[3], "start"), any_integer(w[4], "end"), any_integer(w[5], "step")};
+    } else if (o == "select") {
+      expect_words(w, 4, 4);
+      one_operand(Kind::select);
+      s.dim = dim(w[2]);
+      s.ints = {any_integer(w[3], "index")};
+    } else if (o == "split") {
+      expect_words(w, 5, 5);
+      one_operand(Kind::split);
+      s.ints = {any_integer(w[2], "size"), 0};
+      s.dim = dim(w[3]);
+      s.ints[1] = integer(w[4], -kMaxListExtent, kMaxListExtent, "part");
+    } else if (o == "contiguous") {
+      expect_words(w, 2, 2);
+      one_operand(Kind::contiguous);
+    } else if (o == "cat") {
+      expect_words(w, 3, 6);
+      s.kind = Kind::cat;
+      for (std::size_t i = 1; i + 1 < w.size(); ++i) s.args.push_back(use(w[i]));
+      s.dim = dim(w.back());
+    } else {
+      return false;
+    }
+    return true;
+  }
+
   void op(const Words& w, Stmt& s) const {
     const std::string_view o = w[0];
     if (leaf(w, s)) return;
@@ -268,11 +329,13 @@ class Parser {
       return;
     }
     if (o == "transpose") {
-      expect_words(w, 2, 2);
+      if (w.size() != 2 && w.size() != 4) fail("'transpose' takes 1 or 3 operand(s) (A, or A D0 D1), got " + std::to_string(w.size() - 1));
       s.kind = Kind::transpose;
       s.args = {use(w[1])};
+      for (std::size_t i = 2; i < w.size(); ++i) s.ints.push_back(dim(w[i]));
       return;
     }
+    if (view(w, s)) return;
     if (o == "index_select") {
       expect_words(w, 4, 4);
       s.kind = Kind::index_select;
@@ -297,7 +360,10 @@ std::string float_text(float v) {
 
 // ---- calling the library -----------------------------------------------------------------------------
 
+// The element count: 0 where an extent is 0, whatever the others; else the product, which fits
+// (the rules reject shapes whose count does not fit in int64).
 int64_t shape_numel(const Shape& s) {
+  if (std::find(s.begin(), s.end(), 0) != s.end()) return 0;
   int64_t n = 1;
   for (int64_t e : s) n *= e;
   return n;
@@ -343,9 +409,26 @@ TensorAwait call_op(const Stmt& s, const std::vector<TensorAwait>& a, Device dev
     case Kind::softmax: return softmax(a[0], s.dim);
     case Kind::layer_norm: return layer_norm(a[0], a[1], a[2], s.scalars[0]);
     case Kind::matmul: return matmul(a[0], a[1]);
-    case Kind::transpose: return transpose(a[0]);
+    case Kind::transpose: return s.ints.empty() ? transpose(a[0]) : transpose(a[0], s.ints[0], s.ints[1]);
     case Kind::index_select: return index_select(a[0], s.dim, a[1]);
     case Kind::embedding: return embedding(a[0], a[1]);
+    case Kind::reshape: return reshape(a[0], s.ints);
+    case Kind::view: return view(a[0], s.ints);
+    case Kind::permute: return permute(a[0], s.ints);
+    case Kind::unsqueeze: return unsqueeze(a[0], s.dim);
+    case Kind::squeeze: return squeeze(a[0], s.dim);
+    case Kind::expand: return expand(a[0], s.ints);
+    case Kind::slice: return slice(a[0], s.dim, s.ints[0], s.ints[1], s.ints[2]);
+    case Kind::select: return select(a[0], s.dim, s.ints[0]);
+    case Kind::split: {
+      std::vector<TensorAwait> parts = split(a[0], s.ints[0], s.dim);
+      // A part that split does not make is the language's own call-time error (infer_type says so).
+      if (s.ints[1] < 0 || s.ints[1] >= static_cast<int64_t>(parts.size()))
+        throw std::invalid_argument("split: no part " + std::to_string(s.ints[1]) + " of " + std::to_string(parts.size()));
+      return parts[static_cast<std::size_t>(s.ints[1])];
+    }
+    case Kind::contiguous: return contiguous(a[0]);
+    case Kind::cat: return cat(a, s.dim);
     default: break;
   }
   throw std::logic_error("graph_lang: not an op statement");
@@ -464,18 +547,22 @@ std::optional<ValueType> infer_reduce(const Stmt& s, const ValueType& a) {
   return ValueType{out, result_dtype(kernels::kReduceOps[static_cast<unsigned>(s.reduce)].result, a.dtype, a.dtype)};
 }
 
+// As torch.matmul (docs/api.md section 8): [..., m, k] x [..., k, n] -> [..., m, n] with the batch
+// dims broadcast; a 1-D first operand is a row [1, k], a 1-D second one a column [k, 1], and the
+// dim added for it is not in the result.
 std::optional<ValueType> infer_matmul(const ValueType& a, const ValueType& b) {
   const Shape& x = a.shape;
   const Shape& y = b.shape;
   if (a.dtype != b.dtype || !is_floating(a.dtype)) return std::nullopt;
-  if (x.size() < 2 || x.size() > 3 || y.size() < 2 || y.size() > 3) return std::nullopt;
-  if (y[y.size() - 2] != x.back()) return std::nullopt;
-  if (x.size() == 3 && y.size() == 3 && x[0] != y[0]) return std::nullopt;
-  Shape out;
-  if (x.size() == 3) out.push_back(x[0]);
-  else if (y.size() == 3) out.push_back(y[0]);
-  out.push_back(x[x.size() - 2]);
-  out.push_back(y.back());
+  if (x.empty() || y.empty()) return std::nullopt;
+  const int64_t k = x.back(), ky = y.size() == 1 ? y[0] : y[y.size() - 2];
+  if (k != ky) return std::nullopt;
+  const auto batch_of = [](const Shape& s) { return ValueType{Shape(s.begin(), s.end() - static_cast<std::ptrdiff_t>(std::min<std::size_t>(s.size(), 2))), DType::f32}; };
+  const std::optional<Shape> batch = broadcast({batch_of(x), batch_of(y)});
+  if (!batch) return std::nullopt;
+  Shape out = *batch;
+  if (x.size() >= 2) out.push_back(x[x.size() - 2]);
+  if (y.size() >= 2) out.push_back(y.back());
   return ValueType{out, a.dtype};
 }
 
@@ -500,6 +587,236 @@ std::optional<ValueType> infer_embedding(const ValueType& weight, const ValueTyp
   Shape out = ids.shape;
   out.push_back(weight.shape[1]);
   return ValueType{out, weight.dtype};
+}
+
+// ---- layouts and views (docs/api.md section 8) -------------------------------------------------------
+//
+// Written from the contract's meaning, not from the library's stride arithmetic: a view maps each
+// element of its result to an element of its operand; its strides are whatever strides express
+// that map (view_layout below finds them, or that none do, element by element).
+
+// Row-major strides (saturated where a shape without elements has huge extents: then no stride matters).
+Shape dense_strides(const Shape& shape) {
+  Shape st(shape.size(), 0);
+  int64_t step = 1;
+  for (std::size_t d = shape.size(); d-- > 0;) {
+    st[d] = step;
+    if (__builtin_mul_overflow(step, std::max<int64_t>(shape[d], 1), &step)) step = std::numeric_limits<int64_t>::max();
+  }
+  return st;
+}
+
+Shape strides_of(const ValueType& t) { return t.strides.empty() ? dense_strides(t.shape) : t.strides; }
+
+// The product of extents, or nullopt where it does not fit in int64 (the shape's element count
+// must; a zero extent anywhere makes it 0).
+std::optional<int64_t> checked_numel(const Shape& s) {
+  if (std::find(s.begin(), s.end(), 0) != s.end()) return 0;
+  int64_t n = 1;
+  for (int64_t e : s)
+    if (e < 0 || __builtin_mul_overflow(n, e, &n)) return std::nullopt;
+  return n;
+}
+
+// Where the k-th element (row-major) of a value of this shape and these strides lies, in elements
+// from its first.
+int64_t address(const Shape& shape, const Shape& strides, int64_t k) {
+  int64_t a = 0;
+  for (std::size_t d = shape.size(); d-- > 0;) {
+    a += (k % shape[d]) * strides[d];
+    k /= shape[d];
+  }
+  return a;
+}
+
+// The strides under which `shape` reads t's elements in t's row-major order, or nullopt where no
+// strides do: the address of every element must be an affine function of its index. Checked
+// element by element (at most kMaxResultElements of them): this is the definition, not an algorithm.
+std::optional<Shape> view_layout(const ValueType& t, const Shape& shape) {
+  const int64_t n = shape_numel(t.shape);
+  if (n == 0) return Shape{};  // no elements: any strides will do
+  const Shape in = strides_of(t);
+  const Shape unit = dense_strides(shape);
+  Shape out(shape.size(), 0);
+  for (std::size_t d = 0; d < shape.size(); ++d)
+    if (shape[d] > 1) out[d] = address(t.shape, in, unit[d]);
+  for (int64_t k = 0; k < n; ++k)
+    if (address(t.shape, in, k) != address(shape, out, k)) return std::nullopt;
+  return out;
+}
+
+ValueType viewed(Shape shape, DType dtype, const Shape& strides) {
+  Shape st = canonical_strides(shape, strides);
+  return ValueType{std::move(shape), dtype, std::move(st)};
+}
+
+// A dim where one is inserted (unsqueeze): [-rank - 1, rank].
+std::optional<int> normalize_inserting(int dim, std::size_t rank) { return normalize(dim, rank + 1); }
+
+// reshape/view's extents: at most one -1, the others >= 0, as many elements as `numel`.
+std::optional<Shape> resolve_extents(const Shape& want, int64_t numel) {
+  Shape out = want, known;
+  std::optional<std::size_t> free;
+  for (std::size_t d = 0; d < want.size(); ++d) {
+    if (want[d] == -1) {
+      if (free) return std::nullopt;
+      free = d;
+    } else if (want[d] < 0) {
+      return std::nullopt;
+    } else {
+      known.push_back(want[d]);
+    }
+  }
+  const std::optional<int64_t> k = checked_numel(known);
+  if (!k) return std::nullopt;
+  if (!free) return *k == numel ? std::optional<Shape>(out) : std::nullopt;
+  if (*k == 0 || numel % *k != 0) return std::nullopt;  // -1 next to a 0 extent is ambiguous
+  out[*free] = numel / *k;
+  return out;
+}
+
+std::optional<ValueType> infer_reshape(const Stmt& s, const ValueType& a) {
+  const std::optional<Shape> shape = resolve_extents(s.ints, shape_numel(a.shape));
+  if (!shape) return std::nullopt;
+  const std::optional<Shape> strides = view_layout(a, *shape);
+  if (strides) return viewed(*shape, a.dtype, *strides);
+  if (s.kind == Kind::view) return std::nullopt;  // view never copies
+  return ValueType{*shape, a.dtype, {}};          // reshape copies: dense
+}
+
+std::optional<ValueType> infer_permute(const std::vector<int64_t>& dims, const ValueType& a) {
+  if (dims.size() != a.shape.size()) return std::nullopt;
+  const Shape in = strides_of(a);
+  Shape shape, strides;
+  std::vector<bool> used(a.shape.size(), false);
+  for (int64_t d : dims) {
+    const auto k = normalize(static_cast<int>(d), a.shape.size());
+    if (!k || used[static_cast<std::size_t>(*k)]) return std::nullopt;
+    used[static_cast<std::size_t>(*k)] = true;
+    shape.push_back(a.shape[static_cast<std::size_t>(*k)]);
+    strides.push_back(in[static_cast<std::size_t>(*k)]);
+  }
+  return viewed(shape, a.dtype, strides);
+}
+
+std::optional<ValueType> infer_transpose(const Stmt& s, const ValueType& a) {
+  const std::size_t r = a.shape.size();
+  if (s.ints.empty() && r < 2) return std::nullopt;  // the last two dims
+  const auto d0 = s.ints.empty() ? std::optional<int>(static_cast<int>(r) - 2) : normalize(static_cast<int>(s.ints[0]), r);
+  const auto d1 = s.ints.empty() ? std::optional<int>(static_cast<int>(r) - 1) : normalize(static_cast<int>(s.ints[1]), r);
+  if (!d0 || !d1) return std::nullopt;
+  std::vector<int64_t> dims(r);
+  for (std::size_t d = 0; d < r; ++d) dims[d] = static_cast<int64_t>(d);
+  std::swap(dims[static_cast<std::size_t>(*d0)], dims[static_cast<std::size_t>(*d1)]);
+  return infer_permute(dims, a);
+}
+
+std::optional<ValueType> infer_expand(const Shape& want, const ValueType& a) {
+  const std::size_t r = a.shape.size();
+  if (want.size() < r) return std::nullopt;
+  const std::size_t lead = want.size() - r;
+  const Shape in = strides_of(a);
+  Shape shape(want.size(), 0), strides(want.size(), 0);  // stride 0: new and grown dims repeat
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    if (i < lead) {
+      if (want[i] < 0) return std::nullopt;  // a new dim has no extent to keep
+      shape[i] = want[i];
+      continue;
+    }
+    const std::size_t j = i - lead;
+    if (want[i] == -1 || want[i] == a.shape[j]) {
+      shape[i] = a.shape[j];
+      strides[i] = in[j];
+    } else if (a.shape[j] == 1 && want[i] >= 0) {
+      shape[i] = want[i];
+    } else {
+      return std::nullopt;
+    }
+  }
+  if (!checked_numel(shape)) return std::nullopt;
+  return viewed(shape, a.dtype, strides);
+}
+
+// Python's slice rules: a negative position counts from the end, then both are clamped to [0, n].
+int64_t slice_position(int64_t p, int64_t n) {
+  if (p < 0) p += n;  // p >= INT64_MIN and n >= 0: no overflow
+  return std::clamp<int64_t>(p, 0, n);
+}
+
+std::optional<ValueType> infer_slice(const Stmt& s, const ValueType& a) {
+  const auto d = normalize(s.dim, a.shape.size());
+  const int64_t step = s.ints[2];
+  if (!d || step < 1) return std::nullopt;
+  const auto k = static_cast<std::size_t>(*d);
+  const int64_t n = a.shape[k], start = slice_position(s.ints[0], n), end = slice_position(s.ints[1], n);
+  const int64_t span = std::max<int64_t>(end - start, 0);
+  const int64_t count = span / step + (span % step != 0 ? 1 : 0);
+  Shape shape = a.shape, strides = strides_of(a);
+  shape[k] = count;
+  strides[k] = count > 1 ? strides[k] * step : 0;  // step < n here: no overflow
+  return viewed(shape, a.dtype, strides);
+}
+
+// Drops dim k (select, squeeze).
+ValueType without_dim(const ValueType& a, std::size_t k) {
+  Shape shape = a.shape, strides = strides_of(a);
+  shape.erase(shape.begin() + static_cast<std::ptrdiff_t>(k));
+  strides.erase(strides.begin() + static_cast<std::ptrdiff_t>(k));
+  return viewed(shape, a.dtype, strides);
+}
+
+std::optional<ValueType> infer_select(const Stmt& s, const ValueType& a) {
+  const auto d = normalize(s.dim, a.shape.size());
+  if (!d) return std::nullopt;
+  const int64_t n = a.shape[static_cast<std::size_t>(*d)], index = s.ints[0];
+  if (index < -n || index >= n) return std::nullopt;
+  return without_dim(a, static_cast<std::size_t>(*d));
+}
+
+// Part ints[1] of split(a, ints[0], dim): the parts are slices of `size` along dim, the last one
+// shorter where size does not divide the extent; a dim of extent 0 gives one empty part.
+std::optional<ValueType> infer_split(const Stmt& s, const ValueType& a) {
+  const int64_t size = s.ints[0], part = s.ints[1];
+  const auto d = normalize(s.dim, a.shape.size());
+  if (size < 1 || !d) return std::nullopt;
+  const auto k = static_cast<std::size_t>(*d);
+  const int64_t n = a.shape[k];
+  const int64_t parts = n == 0 ? 1 : n / size + (n % size != 0 ? 1 : 0);
+  if (part < 0 || part >= parts) return std::nullopt;
+  Shape shape = a.shape;
+  shape[k] = n == 0 ? 0 : std::min(size, n - part * size);
+  return viewed(shape, a.dtype, strides_of(a));
+}
+
+std::optional<ValueType> infer_unsqueeze(const Stmt& s, const ValueType& a) {
+  const auto d = normalize_inserting(s.dim, a.shape.size());
+  if (!d) return std::nullopt;
+  Shape shape = a.shape, strides = strides_of(a);
+  shape.insert(shape.begin() + *d, 1);
+  strides.insert(strides.begin() + *d, 0);
+  return viewed(shape, a.dtype, strides);
+}
+
+std::optional<ValueType> infer_squeeze(const Stmt& s, const ValueType& a) {
+  const auto d = normalize(s.dim, a.shape.size());
+  if (!d || a.shape[static_cast<std::size_t>(*d)] != 1) return std::nullopt;
+  return without_dim(a, static_cast<std::size_t>(*d));
+}
+
+// One dtype, the first tensor's rank (at least 1) for all, equal extents but along dim. Dense.
+std::optional<ValueType> infer_cat(const Stmt& s, const std::vector<ValueType>& a) {
+  const auto d = normalize(s.dim, a[0].shape.size());
+  if (!d) return std::nullopt;
+  const auto k = static_cast<std::size_t>(*d);
+  Shape shape = a[0].shape;
+  shape[k] = 0;
+  for (const ValueType& t : a) {
+    if (t.dtype != a[0].dtype || t.shape.size() != shape.size()) return std::nullopt;
+    for (std::size_t i = 0; i < shape.size(); ++i)
+      if (i != k && t.shape[i] != shape[i]) return std::nullopt;
+    shape[k] += t.shape[k];
+  }
+  return ValueType{shape, a[0].dtype, {}};
 }
 
 int64_t op_cost(const Stmt& s, const std::vector<ValueType>& a, const ValueType& out) {
@@ -600,11 +917,18 @@ class Runner {
       o.values = to_vector(t);
       if (is_integer(t.dtype())) o.exact = exact_integers(t);
       o.outcome = "ok";
-      if (ValueType{o.shape, o.dtype} != v.type)
+      if (o.shape != v.type.shape || o.dtype != v.type.dtype)
         problem("'" + o.name + "' is " + shape_str(o.shape) + " " + dtype_name(o.dtype) + ", the shape rules say " +
                 shape_str(v.type.shape) + " " + dtype_name(v.type.dtype));
+      else if (const Shape got = canonical_strides(t.shape(), t.strides()); got != v.type.strides)
+        problem("'" + o.name + "' " + shape_str(o.shape) + " has strides " + shape_str(t.strides()) + ", the layout rules say " +
+                (v.type.strides.empty() ? std::string("dense") : shape_str(v.type.strides)) + " (extent-1 dims aside)");
     } catch (...) {
       o.outcome = outcome_of(std::current_exception(), o.message);
+      // The rules accepted the call (else the value would not exist): only a run-time error
+      // (docs/api.md section 7) may fail its wait, never a call-time kind such as invalid_argument.
+      if (!is_run_time(o.outcome))
+        problem("'" + o.name + "': the wait failed with " + o.outcome + " (" + o.message + "), not a run-time error");
     }
     result_.observations.push_back(std::move(o));
   }
@@ -716,10 +1040,78 @@ std::string compare_values(const Observation& x, const Observation& y) {
 
 }  // namespace
 
+Shape canonical_strides(const Shape& shape, const Shape& strides) {
+  if (strides.size() != shape.size() || shape_numel(shape) == 0) return {};
+  Shape st = strides;
+  const Shape dense = dense_strides(shape);
+  bool is_dense = true;
+  for (std::size_t d = 0; d < shape.size(); ++d) {
+    if (shape[d] == 1) st[d] = 0;
+    else is_dense = is_dense && st[d] == dense[d];
+  }
+  return is_dense ? Shape{} : st;
+}
+
 std::optional<DType> dtype_named(std::string_view name) {
   for (std::size_t i = 0; i < detail::kDTypeCount; ++i)
     if (name == detail::kDTypes[i].name) return static_cast<DType>(i);
   return std::nullopt;
+}
+
+// The type without the operands' layouts: the dense result of an op other than a view.
+std::optional<ValueType> dense(std::optional<ValueType> t) {
+  if (t) t->strides.clear();
+  return t;
+}
+
+// The kernels' limit (docs/api.md leaves it to the implementation; defer: 8): an op whose operands
+// index the result with more than 8 dims once the dims every operand steps through as one are
+// merged is refused at its call. `operands`: each operand's strides broadcast to `out` (0 where
+// broadcast); extent-1 dims never count, and an empty result indexes nothing.
+bool within_kernel_dims(const Shape& out, const std::vector<Shape>& operands) {
+  constexpr int kMaxKernelDims = 8;
+  if (out.size() <= static_cast<std::size_t>(kMaxKernelDims)) return true;
+  for (int64_t e : out)
+    if (e == 0) return true;
+  int dims = 0;
+  std::optional<std::size_t> inner;  // the innermost dim of the current merged run
+  int64_t run_extent = 1;
+  for (std::size_t d = out.size(); d-- > 0;) {
+    if (out[d] == 1) continue;
+    bool merges = inner.has_value();
+    for (const Shape& st : operands) merges = merges && st[d] == st[*inner] * run_extent;
+    if (merges) {
+      run_extent *= out[d];
+      continue;
+    }
+    ++dims;
+    inner = d;
+    run_extent = out[d];
+  }
+  return dims <= kMaxKernelDims;
+}
+
+// A view's result within the kernels' limit, else refused.
+std::optional<ValueType> view_result(std::optional<ValueType> t) {
+  if (t && !within_kernel_dims(t->shape, {strides_of(*t)})) return std::nullopt;
+  return t;
+}
+
+// An element-wise result whose operands, broadcast to it, stay within the kernels' limit.
+std::optional<ValueType> elementwise_result(std::optional<ValueType> t, const std::vector<ValueType>& a) {
+  if (!t || t->shape.size() <= 8) return t;
+  std::vector<Shape> operands;
+  for (const ValueType& x : a) {
+    const Shape own = strides_of(x);
+    Shape st(t->shape.size(), 0);
+    for (std::size_t k = 0; k < x.shape.size(); ++k) {
+      const std::size_t d = x.shape.size() - 1 - k, o = t->shape.size() - 1 - k;
+      st[o] = x.shape[d] == 1 ? 0 : own[d];
+    }
+    operands.push_back(std::move(st));
+  }
+  if (!within_kernel_dims(t->shape, operands)) return std::nullopt;
+  return t;
 }
 
 std::optional<ValueType> infer_type(const Stmt& s, const std::vector<ValueType>& a) {
@@ -729,21 +1121,27 @@ std::optional<ValueType> infer_type(const Stmt& s, const std::vector<ValueType>&
     case Kind::ids: return ValueType{s.shape, DType::i64};
     case Kind::mask: return ValueType{s.shape, DType::boolean};
     case Kind::arange: return ValueType{s.shape, s.dtype};
-    case Kind::elementwise: return infer_elementwise(s, a);
-    case Kind::reduce: return infer_reduce(s, a[0]);
+    case Kind::elementwise: return dense(elementwise_result(infer_elementwise(s, a), a));
+    case Kind::reduce: return dense(infer_reduce(s, a[0]));
     case Kind::softmax:
       if (!normalize(s.dim, a[0].shape.size()) || !is_floating(a[0].dtype)) return std::nullopt;
-      return a[0];
-    case Kind::layer_norm: return infer_layer_norm(s, a);
-    case Kind::matmul: return infer_matmul(a[0], a[1]);
-    case Kind::transpose: {
-      if (a[0].shape.size() < 2) return std::nullopt;
-      ValueType out = a[0];
-      std::swap(out.shape[out.shape.size() - 1], out.shape[out.shape.size() - 2]);
-      return out;
-    }
-    case Kind::index_select: return infer_index_select(s, a[0], a[1]);
-    case Kind::embedding: return infer_embedding(a[0], a[1]);
+      return dense(a[0]);
+    case Kind::layer_norm: return dense(infer_layer_norm(s, a));
+    case Kind::matmul: return dense(infer_matmul(a[0], a[1]));
+    case Kind::transpose: return view_result(infer_transpose(s, a[0]));
+    case Kind::index_select: return dense(infer_index_select(s, a[0], a[1]));
+    case Kind::embedding: return dense(infer_embedding(a[0], a[1]));
+    case Kind::reshape:
+    case Kind::view: return view_result(infer_reshape(s, a[0]));
+    case Kind::permute: return view_result(infer_permute(s.ints, a[0]));
+    case Kind::unsqueeze: return view_result(infer_unsqueeze(s, a[0]));
+    case Kind::squeeze: return view_result(infer_squeeze(s, a[0]));
+    case Kind::expand: return view_result(infer_expand(s.ints, a[0]));
+    case Kind::slice: return view_result(infer_slice(s, a[0]));
+    case Kind::select: return view_result(infer_select(s, a[0]));
+    case Kind::split: return view_result(infer_split(s, a[0]));
+    case Kind::contiguous: return ValueType{a[0].shape, a[0].dtype, {}};
+    case Kind::cat: return infer_cat(s, a);
     case Kind::mode:
     case Kind::stream:
     case Kind::fusion:
@@ -798,6 +1196,17 @@ std::string keyword(const Stmt& s) {
     case Kind::transpose: return "transpose";
     case Kind::index_select: return "index_select";
     case Kind::embedding: return "embedding";
+    case Kind::reshape: return "reshape";
+    case Kind::view: return "view";
+    case Kind::permute: return "permute";
+    case Kind::unsqueeze: return "unsqueeze";
+    case Kind::squeeze: return "squeeze";
+    case Kind::expand: return "expand";
+    case Kind::slice: return "slice";
+    case Kind::select: return "select";
+    case Kind::split: return "split";
+    case Kind::contiguous: return "contiguous";
+    case Kind::cat: return "cat";
     case Kind::mode: return "mode";
     case Kind::stream: return "stream";
     case Kind::fusion: return "fusion";
@@ -837,8 +1246,28 @@ std::string to_text(const Program& p) {
         out << ' ' << name(s.args[0]) << ' ' << name(s.args[1]) << ' ' << name(s.args[2]) << ' ' << float_text(s.scalars[0]);
         break;
       case Kind::index_select: out << ' ' << name(s.args[0]) << ' ' << s.dim << ' ' << name(s.args[1]); break;
-      case Kind::matmul:
       case Kind::transpose:
+      case Kind::reshape:
+      case Kind::view:
+      case Kind::permute:
+      case Kind::expand:
+        out << ' ' << name(s.args[0]);
+        for (int64_t v : s.ints) out << ' ' << v;
+        break;
+      case Kind::unsqueeze:
+      case Kind::squeeze: out << ' ' << name(s.args[0]) << ' ' << s.dim; break;
+      case Kind::slice:
+      case Kind::select:
+        out << ' ' << name(s.args[0]) << ' ' << s.dim;
+        for (int64_t v : s.ints) out << ' ' << v;
+        break;
+      case Kind::split: out << ' ' << name(s.args[0]) << ' ' << s.ints[0] << ' ' << s.dim << ' ' << s.ints[1]; break;
+      case Kind::cat:
+        for (int a : s.args) out << ' ' << name(a);
+        out << ' ' << s.dim;
+        break;
+      case Kind::matmul:
+      case Kind::contiguous:
       case Kind::embedding:
       case Kind::wait:
       case Kind::wait_all:

@@ -19,9 +19,22 @@
 //   s = sum x -1 keep       # reductions, by the reduce table's names: sum mean max min argmax DIM [keep]
 //   q = softmax x 0         # softmax DIM (no keep)
 //   n = layer_norm x g b 1e-5   # eps optional
-//   k = matmul x v          # and: transpose x
+//   k = matmul x v
 //   e = index_select x 1 r  # index_select A DIM INDEX (1-D i32/i64)
 //   f = embedding x i       # embedding WEIGHT IDS: WEIGHT [V, D], IDS i32/i64 of any shape
+//                           # views and copies (docs/api.md section 8), every dtype:
+//   t = transpose x         #   the last two dims; `transpose x 0 2`: those two
+//   p = permute x 2 0 1     #   permute A DIMS... (as many as A has; `permute s` for a 0-d s)
+//   r = reshape x 4 -1      #   reshape A EXTENTS... (one may be -1; none: a 0-d result)
+//   v = view x 2 6          #   view A EXTENTS...: rejected where the strides allow no view
+//   u = unsqueeze x -1      #   unsqueeze A DIM; squeeze A DIM (that dim's extent must be 1)
+//   g = expand u 5 -1 4 7   #   expand A EXTENTS... (-1 keeps an extent; new dims in front)
+//   l = slice x 1 -3 100 2  #   slice A DIM START END STEP: Python's rules (step >= 1)
+//   c = select x 0 -1       #   select A DIM INDEX (removes DIM)
+//   h = split x 2 1 0       #   split A SIZE DIM PART: part PART (from 0) of split(A, SIZE, DIM); a
+//                           #     part that split does not make is rejected like a bad argument
+//   d = contiguous t        #   a dense copy, or A itself when A is dense
+//   j = cat x y z 0         #   cat A B ... DIM (1 to 4 tensors)
 //   mode eager              # mode eager|deferred: the mode of the ops that follow
 //   stream 2                # stream 0..3: the current stream (0: the default one) for ops and waits
 //   fusion off              # fusion on|off, graphs on|off: the process-wide switches from here on
@@ -30,10 +43,23 @@
 //   drop y                  # release the handle (its graph node may still feed others)
 //
 // Names are [A-Za-z_][A-Za-z0-9_]* (at most 32 characters); a name is defined once, before its use.
-// Limits keep every program small and fast: at most kMaxStatements statements, rank <= 4, extents
-// <= 64, leaves of at most 4096 elements. A text that breaks a rule throws ParseError naming the line.
-// Shape and dtype errors are not parse errors: the ops reject them at call time, which is part of
-// what runs (infer_type predicts which calls are rejected).
+// Limits keep every program small and fast: at most kMaxStatements statements, leaves of rank <= 4,
+// extents <= 64 and at most 4096 elements, lists (of extents, dims) of at most kMaxList words. A
+// text that breaks a rule throws ParseError naming the line. Shape and dtype errors are not parse
+// errors: the ops reject them at call time, which is part of what runs (infer_type predicts which
+// calls are rejected). An op call whose result has more than kMaxResultElements elements (a view's
+// result too) is skipped.
+//
+// Layouts: every value has the strides the contract gives it (docs/api.md section 8): leaves and the
+// results of ops other than views are dense; a view's strides follow from its operand's; reshape
+// is a view where one exists, else dense; contiguous and cat are dense. ValueType carries them.
+// Why: `view` is valid only where the strides allow it. Rather than generating view only on values
+// known dense, or letting a rejected view pass as long as both modes agree, the language follows the
+// layouts itself (rules written from the meaning of a view: an index map, checked element by
+// element, not the library's stride algorithm), so infer_type predicts every view rejection exactly
+// like any other call-time error, view gets tested on strided values too, and run() checks each
+// waited tensor's strides against the rules (a mismatch is a problem: a dense result that came out
+// strided, a view that was copied, deferred and eager disagreeing on a layout).
 #include <array>
 #include <cstdint>
 #include <exception>
@@ -58,6 +84,8 @@ inline constexpr int64_t kMaxIdValue = int64_t{1} << 40;  // |MAXVAL| of `ids`: 
 inline constexpr int64_t kMaxResultElements = 1 << 16;    // an op call whose result is larger is skipped
 inline constexpr int64_t kMaxOpCost = 1 << 20;            // ... or whose work (matmul: m*n*k) is larger
 inline constexpr int kStreams = 4;
+inline constexpr int kMaxList = 10;                       // extents of reshape/view/expand, dims of permute
+inline constexpr int64_t kMaxListExtent = int64_t{1} << 16;  // |extent| in those lists
 
 class ParseError : public std::runtime_error {
  public:
@@ -73,6 +101,7 @@ enum class Kind {
   rand, pos, ids, mask, arange,                  // leaves
   elementwise,                                   // a row of the op table
   reduce, softmax, layer_norm, matmul, transpose, index_select, embedding,
+  reshape, view, permute, unsqueeze, squeeze, expand, slice, select, split, contiguous, cat,  // views, copies
   mode, stream, fusion, graphs, wait, wait_all, drop,  // directives
 };
 
@@ -85,7 +114,10 @@ struct Stmt {
   kernels::ReduceOp reduce{};    // reduce
   std::array<float, kernels::kMaxOpScalars> scalars{};  // elementwise scalars; layer_norm's eps is [0]
   DType dtype = DType::f32;      // to's target, arange's dtype
-  int dim = 0;             // reductions, softmax, index_select
+  int dim = 0;             // reductions, softmax, index_select, unsqueeze, squeeze, slice, select, split, cat
+  // The integers of a view: reshape/view/expand: the extents; permute: the dims; transpose: d0 d1
+  // (none: the last two); slice: start end step; select: index; split: size part.
+  std::vector<int64_t> ints;
   bool keepdim = false;
   bool flag = false;       // mode eager / fusion on / graphs on
   int stream = 0;
@@ -142,12 +174,18 @@ struct RunResult {
   std::vector<std::string> problems;  // the runtime disagreed with the shape rules: always a bug
 };
 
-// The shape and dtype of a value.
+// The shape, dtype and layout of a value. `strides` (in elements) is empty for a dense value and
+// canonical otherwise (canonical_strides), so that equal layouts compare equal.
 struct ValueType {
   Shape shape;
   DType dtype = DType::f32;
+  Shape strides = {};
   bool operator==(const ValueType&) const = default;
 };
+
+// The canonical form of a layout: empty where it is dense or has no elements; else the strides, with
+// 0 for every extent-1 dim (its stride never matters).
+Shape canonical_strides(const Shape& shape, const Shape& strides);
 
 // The type an op statement gives for operands of types `a` (the contract's shape and dtype rules,
 // written out independently of the library); nullopt where the op must reject them at call time.

@@ -17,6 +17,13 @@
 // An index op whose index is out of range fails when it runs (std::out_of_range), and so does every
 // value computed from it: the reference says which values must fail (Outcome).
 //
+// Views and copies (docs/api.md section 8) move elements without rounding: the reference computes
+// them by index mapping on row-major indices (each op's meaning), never through strides; the layout
+// a value has by the rules is carried along (RefValue::strides) only so that infer_type can decide
+// `view`. The generator mixes views (of pending results, of views, stride-0 expands, empty slices)
+// with the other ops, which then read them in place, and now and then writes a view call the rules
+// reject (the run must reject it too).
+//
 // Element-wise ops are drawn from the op table's rows (kernels/op_table.hpp) by their columns, as
 // tests/support/one_op.hpp does; a row that the reference below does not handle is a build error.
 #include <algorithm>
@@ -24,6 +31,7 @@
 #include <cstdint>
 #include <limits>
 #include <numbers>
+#include <optional>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -48,9 +56,12 @@ enum class Outcome { ok, unknown, out_of_range };
 struct RefValue {
   Shape shape;
   DType dtype = DType::f32;
-  std::vector<Bounded> e;
+  Shape strides;  // the layout the rules give it (lang::ValueType::strides; empty: dense)
+  std::vector<Bounded> e;  // row-major, whatever the layout
   Outcome outcome = Outcome::ok;
 };
+
+inline lang::ValueType type_of(const RefValue& r) { return {r.shape, r.dtype, r.strides}; }
 
 namespace refb {
 
@@ -476,13 +487,17 @@ inline void layer_norm_values(const lang::Stmt& s, const std::vector<const RefVa
   }
 }
 
+// As torch.matmul: batch dims broadcast; a 1-D operand is a row (first) or a column (second).
 inline void matmul_values(const RefValue& x, const RefValue& y, RefValue& out) {
   const Shape& sa = x.shape;
   const Shape& sb = y.shape;
-  const int64_t m = sa[sa.size() - 2], k = sa.back(), n = sb.back();
-  const int64_t batch = sa.size() == 3 ? sa[0] : (sb.size() == 3 ? sb[0] : 1);
-  for (int64_t p = 0; p < batch; ++p) {
-    const int64_t ao = sa.size() == 3 ? p * m * k : 0, bo = sb.size() == 3 ? p * k * n : 0;
+  const int64_t m = sa.size() >= 2 ? sa[sa.size() - 2] : 1, k = sa.back(), n = sb.size() >= 2 ? sb.back() : 1;
+  const Shape ba(sa.begin(), sa.end() - static_cast<std::ptrdiff_t>(std::min<std::size_t>(sa.size(), 2)));
+  const Shape bb(sb.begin(), sb.end() - static_cast<std::ptrdiff_t>(std::min<std::size_t>(sb.size(), 2)));
+  const Shape batch(out.shape.begin(), out.shape.end() - (sa.size() >= 2 ? 1 : 0) - (sb.size() >= 2 ? 1 : 0));
+  Shape idx(batch.size(), 0);
+  for (int64_t p = 0; p < numel(batch); ++p) {
+    const int64_t ao = broadcast_offset(ba, batch, idx) * m * k, bo = broadcast_offset(bb, batch, idx) * k * n;
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < n; ++j) {
         double acc = 0, err = 0, mag = 0;
@@ -498,17 +513,124 @@ inline void matmul_values(const RefValue& x, const RefValue& y, RefValue& out) {
         out.e[static_cast<std::size_t>(p * m * n + i * n + j)] =
             ok ? rounded(acc, err + (static_cast<double>(k) + 2) * kUnit * mag, 1) : kUnreliable;
       }
+    for (std::size_t d = batch.size(); d-- > 0;) {
+      if (++idx[d] < batch[d]) break;
+      idx[d] = 0;
+    }
   }
 }
 
-inline void transpose_values(const RefValue& x, RefValue& out) {
-  const Shape& si = x.shape;
-  const int64_t rows = si[si.size() - 2], cols = si.back();
-  const int64_t batch = rows * cols == 0 ? 0 : numel(si) / (rows * cols);
-  for (int64_t p = 0; p < batch; ++p)
-    for (int64_t i = 0; i < rows; ++i)
-      for (int64_t j = 0; j < cols; ++j)
-        out.e[static_cast<std::size_t>(p * rows * cols + j * rows + i)] = x.e[static_cast<std::size_t>(p * rows * cols + i * cols + j)];
+// ---- views and copies (docs/api.md section 8), by index mapping ---------------------------------
+//
+// A view's element at index i is its operand's element at index from(i): the map is written from
+// each op's meaning, on logical row-major indices; no strides are involved.
+
+// out[i] = x[from(i)] for every index i of out; from(i, j) sets j, an index of x.
+template <class From>
+inline void map_values(const RefValue& x, RefValue& out, From from) {
+  Shape i(out.shape.size(), 0), j(x.shape.size(), 0);
+  for (Bounded& b : out.e) {
+    from(i, j);
+    int64_t flat = 0;
+    for (std::size_t d = 0; d < j.size(); ++d) flat = flat * x.shape[d] + j[d];
+    b = x.e[static_cast<std::size_t>(flat)];
+    for (std::size_t d = i.size(); d-- > 0;) {
+      if (++i[d] < out.shape[d]) break;
+      i[d] = 0;
+    }
+  }
+}
+
+inline std::size_t dim_at(int64_t dim, std::size_t rank) { return static_cast<std::size_t>(dim < 0 ? dim + static_cast<int64_t>(rank) : dim); }
+
+// Python's slice start: a negative one counts from the end; clamped to [0, n].
+inline int64_t slice_start(int64_t p, int64_t n) { return std::clamp<int64_t>(p < 0 ? p + n : p, 0, n); }
+
+inline void view_values(const lang::Stmt& s, const std::vector<const RefValue*>& a, RefValue& out) {
+  using lang::Kind;
+  const RefValue& x = *a[0];
+  const std::size_t r = x.shape.size();
+  switch (s.kind) {
+    case Kind::reshape:
+    case Kind::view:
+    case Kind::unsqueeze:
+    case Kind::squeeze:
+    case Kind::contiguous: out.e = x.e; return;  // the same elements in the same row-major order
+    case Kind::transpose:
+    case Kind::permute: {
+      std::vector<std::size_t> dims(r);  // out dim k is x's dim dims[k]
+      for (std::size_t k = 0; k < r; ++k) dims[k] = s.kind == Kind::permute ? dim_at(s.ints[k], r) : k;
+      if (s.kind == Kind::transpose) {
+        const std::size_t d0 = s.ints.empty() ? r - 2 : dim_at(s.ints[0], r), d1 = s.ints.empty() ? r - 1 : dim_at(s.ints[1], r);
+        std::swap(dims[d0], dims[d1]);
+      }
+      return map_values(x, out, [&](const Shape& i, Shape& j) {
+        for (std::size_t k = 0; k < r; ++k) j[dims[k]] = i[k];
+      });
+    }
+    case Kind::expand: {
+      const std::size_t lead = out.shape.size() - r;
+      return map_values(x, out, [&](const Shape& i, Shape& j) {
+        for (std::size_t k = 0; k < r; ++k) j[k] = x.shape[k] == 1 ? 0 : i[k + lead];
+      });
+    }
+    case Kind::slice:
+    case Kind::split: {
+      const std::size_t d = dim_at(s.dim, r);
+      const int64_t start = s.kind == Kind::slice ? slice_start(s.ints[0], x.shape[d]) : s.ints[1] * s.ints[0];
+      const int64_t step = s.kind == Kind::slice ? s.ints[2] : 1;
+      return map_values(x, out, [&](const Shape& i, Shape& j) {
+        j = i;
+        j[d] = start + i[d] * step;
+      });
+    }
+    case Kind::select: {
+      const std::size_t d = dim_at(s.dim, r);
+      const int64_t index = s.ints[0] < 0 ? s.ints[0] + x.shape[d] : s.ints[0];
+      return map_values(x, out, [&](const Shape& i, Shape& j) {
+        for (std::size_t k = 0; k < r; ++k) j[k] = k < d ? i[k] : k == d ? index : i[k - 1];
+      });
+    }
+    case Kind::cat: {
+      // Operand t's element at index i goes to out at i, moved along dim d past the operands before it.
+      const std::size_t d = dim_at(s.dim, r);
+      int64_t offset = 0;
+      for (const RefValue* t : a) {
+        Shape i(r, 0);
+        for (const Bounded& b : t->e) {
+          int64_t flat = 0;
+          for (std::size_t k = 0; k < r; ++k) flat = flat * out.shape[k] + (k == d ? i[k] + offset : i[k]);
+          out.e[static_cast<std::size_t>(flat)] = b;
+          for (std::size_t k = r; k-- > 0;) {
+            if (++i[k] < t->shape[k]) break;
+            i[k] = 0;
+          }
+        }
+        offset += t->shape[d];
+      }
+      return;
+    }
+    default: return;
+  }
+}
+
+inline bool is_view_or_copy(lang::Kind k) {
+  using lang::Kind;
+  switch (k) {
+    case Kind::transpose:
+    case Kind::reshape:
+    case Kind::view:
+    case Kind::permute:
+    case Kind::unsqueeze:
+    case Kind::squeeze:
+    case Kind::expand:
+    case Kind::slice:
+    case Kind::select:
+    case Kind::split:
+    case Kind::contiguous:
+    case Kind::cat: return true;
+    default: return false;
+  }
 }
 
 // out[o, j, i] = x[o, index[j], i] (index_select; embedding with o = 1 and the ids flattened). An
@@ -569,7 +691,7 @@ inline RefValue evaluate(const lang::Stmt& s, const std::vector<const RefValue*>
   using lang::Kind;
   using namespace refb;
   std::vector<lang::ValueType> types;
-  for (const RefValue* r : a) types.push_back({r->shape, r->dtype});
+  for (const RefValue* r : a) types.push_back(type_of(*r));
   const auto type = lang::infer_type(s, types);
   if (!type) {
     std::string what = "reference: an invalid statement at line ";
@@ -580,6 +702,7 @@ inline RefValue evaluate(const lang::Stmt& s, const std::vector<const RefValue*>
   RefValue out;
   out.shape = type->shape;
   out.dtype = type->dtype;
+  out.strides = type->strides;
   out.e.assign(static_cast<std::size_t>(numel(out.shape)), kUnreliable);
   for (const RefValue* r : a) out.outcome = std::max(out.outcome, r->outcome);
   if (out.outcome != Outcome::ok) return out;  // an operand fails: so does this value
@@ -594,10 +717,14 @@ inline RefValue evaluate(const lang::Stmt& s, const std::vector<const RefValue*>
     case Kind::softmax: softmax_values(s, *a[0], out); break;
     case Kind::layer_norm: layer_norm_values(s, a, out); break;
     case Kind::matmul: matmul_values(*a[0], *a[1], out); break;
-    case Kind::transpose: transpose_values(*a[0], out); break;
     case Kind::index_select: gather_values(*a[0], axis(a[0]->shape, normalized(s.dim, a[0]->shape)), *a[1], out); break;
     case Kind::embedding: gather_values(*a[0], Axis{1, a[0]->shape[0], a[0]->shape[1]}, *a[1], out); break;
-    default: break;
+    default:
+      if (is_view_or_copy(s.kind)) {
+        view_values(s, a, out);
+        return out;  // elements moved, not computed: nothing rounds
+      }
+      break;
   }
   for (Bounded& b : out.e) b = store(b, out.dtype);
   return out;
@@ -622,7 +749,7 @@ inline Reference evaluate(const lang::Program& p) {
     for (int a : s.args) {
       ok = ok && ref.valid[static_cast<std::size_t>(a)];
       args.push_back(&ref.values[static_cast<std::size_t>(a)]);
-      types.push_back({ref.values[static_cast<std::size_t>(a)].shape, ref.values[static_cast<std::size_t>(a)].dtype});
+      types.push_back(type_of(ref.values[static_cast<std::size_t>(a)]));
     }
     if (!ok || !lang::infer_type(s, types)) continue;
     ref.values[static_cast<std::size_t>(s.out)] = evaluate(s, args);
@@ -670,6 +797,7 @@ struct GenOptions {
   bool directives = true;     // mode/stream/fusion/graphs/wait/wait_all/drop statements
   bool low_precision = true;  // f16/bf16 chains and operands
   bool bad_indices = true;    // now and then an index op with indices out of range
+  bool bad_views = true;      // now and then a view call the rules reject (checked to be rejected)
 };
 
 // The op table's rows the generator draws from, by their columns (tests/support/one_op.hpp has the
@@ -785,7 +913,7 @@ class GraphGenerator {
   // s if the rules accept it (shapes the generator did not arrange), else nothing: -1.
   int emit_if_valid(const lang::Stmt& s) {
     std::vector<lang::ValueType> types;
-    for (int a : s.args) types.push_back({ref(a).shape, ref(a).dtype});
+    for (int a : s.args) types.push_back(type_of(ref(a)));
     return lang::infer_type(s, types) ? emit(s) : -1;
   }
 
@@ -917,7 +1045,7 @@ class GraphGenerator {
   // ---- the kinds of step ----------------------------------------------------------------------
 
   void op() {
-    switch (pick(0, 16)) {
+    switch (pick(0, 19)) {
       case 0:
       case 1:
       case 2:
@@ -933,12 +1061,15 @@ class GraphGenerator {
       case 12: comparison_and_selection(); return;
       case 13:
       case 14: low_precision_chain(); return;
-      default: index_op(); return;
+      case 15:
+      case 16: index_op(); return;
+      default: view_chain(); return;
     }
   }
 
-  void reduction() {
-    const int a = floating();
+  // The ops below take an operand `a`, or pick one (-1).
+  void reduction(int a = -1) {
+    if (a < 0) a = floating();
     const Shape& sa = ref(a).shape;
     if (sa.empty()) return;
     lang::Stmt s;
@@ -950,8 +1081,8 @@ class GraphGenerator {
     emit_if_valid(s);
   }
 
-  void softmax() {
-    const int a = floating();
+  void softmax(int a = -1) {
+    if (a < 0) a = floating();
     if (ref(a).shape.empty()) return;
     lang::Stmt s;
     s.kind = lang::Kind::softmax;
@@ -961,8 +1092,8 @@ class GraphGenerator {
   }
 
   // layer_norm with fresh gamma and beta of x's dtype.
-  void layer_norm() {
-    const int a = tame(floating());
+  void layer_norm(int a = -1) {
+    a = tame(a < 0 ? floating() : a);
     if (ref(a).shape.empty()) return;
     const DType t = ref(a).dtype;
     const Shape last{ref(a).shape.back()};
@@ -973,9 +1104,10 @@ class GraphGenerator {
     emit(s);
   }
 
-  // [m,k] or [b,m,k] times a fresh or existing [k,n] / [b,k,n] of the same dtype.
-  void matmul() {
-    const int a = floating();
+  // [m,k] or [b,m,k] times a fresh or existing [k,n] / [b,k,n] of the same dtype (a fresh [k,n]
+  // is now and then the transpose of an [n,k]: a strided operand).
+  void matmul(int a = -1) {
+    if (a < 0) a = floating();
     const Shape sa = ref(a).shape;
     const DType t = ref(a).dtype;
     lang::Stmt s;
@@ -990,18 +1122,305 @@ class GraphGenerator {
     Shape sb{sa.back(), pick(1, 7)};
     if (sa.size() == 3 && chance(0.5)) sb.insert(sb.begin(), sa[0]);
     int b = any_where([&](const RefValue& r) { return r.shape == sb && r.dtype == t && chance(0.5); });
+    if (b < 0 && sb.size() == 2 && chance(0.3)) b = transposed(leaf_of(t, {sb[1], sb[0]}));
     if (b < 0) b = leaf_of(t, sb);
     s.args = {tame(a), tame(b)};
     emit(s);
   }
 
-  void transpose() {  // any dtype
-    const int a = any();
-    if (ref(a).shape.size() < 2) return;
+  int transposed(int a) {
     lang::Stmt s;
     s.kind = lang::Kind::transpose;
     s.args = {a};
+    return emit(s);
+  }
+
+  void transpose() {  // any dtype: the last two dims, or two given ones
+    const int a = any();
+    const int r = static_cast<int>(ref(a).shape.size());
+    if (r < 1) return;
+    lang::Stmt s;
+    s.kind = lang::Kind::transpose;
+    s.args = {a};
+    if (r < 2 || chance(0.4)) s.ints = {pick(-r, r - 1), pick(-r, r - 1)};
     emit(s);
+  }
+
+  // ---- views (docs/api.md section 8) ----------------------------------------------------------
+
+  // One to three views in a row (views of views) of a value, often a pending result, then often an
+  // op that reads the last view in place: an element-wise op (fused through the strided operand), a
+  // reduction, softmax, layer_norm or matmul.
+  void view_chain() {
+    int a = chance(0.85) ? floating() : any();
+    for (int k = chance(0.6) ? 1 : pick(2, 3); k > 0; --k) {
+      const int v = view_of(a);
+      if (v >= 0) a = v;
+    }
+    if (!is_floating(ref(a).dtype) || chance(0.3)) return;
+    switch (pick(0, 6)) {
+      case 0:
+      case 1:
+      case 2: math_on(a); return;
+      case 3: reduction(a); return;
+      case 4: softmax(a); return;
+      case 5: layer_norm(a); return;
+      default: matmul(a); return;
+    }
+  }
+
+  std::optional<lang::ValueType> type_of_stmt(const lang::Stmt& s) {
+    std::vector<lang::ValueType> types;
+    for (int a : s.args) types.push_back(type_of(ref(a)));
+    return lang::infer_type(s, types);
+  }
+
+  // A statement the rules reject: in the program (the op must reject it at the call, in either
+  // mode), not among the values later statements use.
+  void emit_rejected(lang::Stmt s) {
+    s.out = static_cast<int>(p_.names.size());
+    p_.names.push_back(std::string("v").append(std::to_string(s.out)));
+    s.line = static_cast<int>(p_.stmts.size()) + 1;
+    p_.stmts.push_back(s);
+  }
+
+  // Whether a leaf may have this shape (the language's limits): the generator makes leaves of the
+  // shapes of other values (partners, gamma and beta, cat's operands), so views keep to them too.
+  static bool leaf_sized(const Shape& shape) {
+    if (static_cast<int>(shape.size()) > lang::kMaxRank || refb::numel(shape) > lang::kMaxLeafElements) return false;
+    for (int64_t e : shape)
+      if (e > lang::kMaxExtent) return false;
+    return true;
+  }
+
+  // A view as built, or now and then (bad_views) one with a dim or an integer made wrong, which is
+  // emitted as a rejected call where the rules reject it. Results a leaf could not have are not
+  // made (-1), nor are rejected ones.
+  int emit_view(lang::Stmt s) {
+    if (o_.bad_views && chance(0.05)) {
+      const int r = static_cast<int>(ref(s.args[0]).shape.size());
+      if (!s.ints.empty() && chance(0.6)) s.ints[static_cast<std::size_t>(pick(0, static_cast<int>(s.ints.size()) - 1))] = pick(-3, 9);
+      else s.dim = chance(0.5) ? r + 1 : -r - 2;  // out of range for every op (unsqueeze takes r)
+    }
+    const auto type = type_of_stmt(s);
+    if (!type) {
+      emit_rejected(s);
+      return -1;
+    }
+    if (!leaf_sized(type->shape)) return -1;
+    return emit(s);
+  }
+
+  // 0 .. r-1 shuffled, some as negative dims.
+  std::vector<int64_t> permutation(int r) {
+    std::vector<int64_t> dims(static_cast<std::size_t>(r));
+    for (int i = 0; i < r; ++i) dims[static_cast<std::size_t>(i)] = i;
+    for (int i = r - 1; i > 0; --i) std::swap(dims[static_cast<std::size_t>(i)], dims[static_cast<std::size_t>(pick(0, i))]);
+    for (int64_t& d : dims)
+      if (chance(0.25)) d -= r;
+    return dims;
+  }
+
+  static std::vector<int64_t> divisors(int64_t n) {
+    std::vector<int64_t> v;
+    for (int64_t f = 1; f <= n; ++f)
+      if (n % f == 0) v.push_back(f);
+    return v;
+  }
+
+  // A view of a (any dtype): one of the view ops with arguments that mostly fit a's shape.
+  int view_of(int a) {
+    const Shape sh = ref(a).shape;
+    const int r = static_cast<int>(sh.size());
+    const auto a_dim = [&] { return pick(-r, r - 1); };  // r >= 1
+    lang::Stmt s;
+    s.args = {a};
+    switch (pick(0, 13)) {
+      case 0:
+        if (r == 0) return -1;
+        s.kind = lang::Kind::transpose;
+        if (r < 2 || chance(0.5)) s.ints = {a_dim(), a_dim()};
+        break;
+      case 1:
+        s.kind = lang::Kind::permute;
+        s.ints = permutation(r);
+        break;
+      case 2:
+      case 3: return reshape_of(a);
+      case 4:
+        s.kind = lang::Kind::unsqueeze;
+        s.dim = pick(-r - 1, r);
+        break;
+      case 5: {
+        std::vector<int> ones;
+        for (int d = 0; d < r; ++d)
+          if (sh[static_cast<std::size_t>(d)] == 1) ones.push_back(chance(0.5) ? d : d - r);
+        if (ones.empty()) return -1;
+        s.kind = lang::Kind::squeeze;
+        s.dim = pick_of(ones);
+        break;
+      }
+      case 6: return expand_of(a);
+      case 7:
+      case 8: {
+        if (r == 0) return -1;
+        s.kind = lang::Kind::slice;
+        s.dim = a_dim();
+        const int e = static_cast<int>(sh[static_cast<std::size_t>(s.dim < 0 ? s.dim + r : s.dim)]);
+        const int64_t start = chance(0.1) ? std::numeric_limits<int64_t>::min() : pick(-e - 2, e + 1);
+        const int64_t end = chance(0.1) ? std::numeric_limits<int64_t>::max() : chance(0.1) ? -100 : pick(-e - 1, e + 2);
+        const int64_t step = chance(0.6) ? 1 : chance(0.9) ? pick(2, 4) : 100;
+        s.ints = {start, end, step};
+        break;
+      }
+      case 9: {
+        std::vector<int> dims;
+        for (int d = 0; d < r; ++d)
+          if (sh[static_cast<std::size_t>(d)] > 0) dims.push_back(d);
+        if (dims.empty()) return -1;
+        s.kind = lang::Kind::select;
+        const int d = pick_of(dims), e = static_cast<int>(sh[static_cast<std::size_t>(d)]);
+        s.dim = chance(0.3) ? d - r : d;
+        s.ints = {pick(-e, e - 1)};
+        break;
+      }
+      case 10: {
+        if (r == 0) return -1;
+        s.kind = lang::Kind::split;
+        s.dim = a_dim();
+        const int64_t e = sh[static_cast<std::size_t>(s.dim < 0 ? s.dim + r : s.dim)];
+        const int64_t size = pick(1, static_cast<int>(std::max<int64_t>(e, 1)) + 1);
+        const int64_t parts = e == 0 ? 1 : (e + size - 1) / size;
+        s.ints = {size, pick(0, static_cast<int>(parts) - 1)};
+        break;
+      }
+      case 11: s.kind = lang::Kind::contiguous; break;
+      default: return cat_of(a);
+    }
+    return emit_view(s);
+  }
+
+  // reshape or view of a to another arrangement of its elements: flattened, two dims merged, one
+  // split, a random factorization, 1s moved; one extent -1 now and then. A view the strides do not
+  // allow is now and then emitted as the rejected call it is, else it becomes a reshape (a copy).
+  int reshape_of(int a) {
+    const Shape sh = ref(a).shape;
+    const int r = static_cast<int>(sh.size());
+    const int64_t n = refb::numel(sh);
+    Shape to;
+    switch (pick(0, 4)) {
+      case 0: to = {n}; break;
+      case 1:
+        to = sh;
+        if (r >= 2) {
+          const int d = pick(0, r - 2);
+          to[static_cast<std::size_t>(d)] *= to[static_cast<std::size_t>(d) + 1];
+          to.erase(to.begin() + d + 1);
+        }
+        break;
+      case 2: {
+        to = sh;
+        if (r == 0) break;
+        const auto d = static_cast<std::size_t>(pick(0, r - 1));
+        if (to[d] < 2) break;
+        const int64_t f = pick_of(divisors(to[d]));
+        to.insert(to.begin() + static_cast<std::ptrdiff_t>(d), f);
+        to[d + 1] /= f;
+        break;
+      }
+      case 3: {
+        if (n == 0) {
+          to = {pick(1, 3), 0};
+          break;
+        }
+        int64_t left = n;
+        for (int k = pick(0, 3); k > 0 && left > 1; --k) {
+          const int64_t f = pick_of(divisors(left));
+          to.push_back(f);
+          left /= f;
+        }
+        to.push_back(left);
+        break;
+      }
+      default:
+        for (int64_t e : sh)
+          if (e != 1) to.push_back(e);
+        to.insert(to.begin() + pick(0, static_cast<int>(to.size())), 1);
+        break;
+    }
+    if (n > 0 && !to.empty() && chance(0.3)) to[static_cast<std::size_t>(pick(0, static_cast<int>(to.size()) - 1))] = -1;
+    lang::Stmt s;
+    s.kind = chance(0.5) ? lang::Kind::view : lang::Kind::reshape;
+    s.args = {a};
+    s.ints = to;
+    if (s.kind == lang::Kind::view && !type_of_stmt(s)) {
+      if (o_.bad_views && chance(0.25)) {
+        emit_rejected(s);
+        return -1;
+      }
+      s.kind = lang::Kind::reshape;
+    }
+    return emit_view(s);
+  }
+
+  // expand of a: extent-1 dims grown (to 0 now and then), others kept (-1 or the extent), new
+  // leading dims; a without an extent-1 dim is unsqueezed first.
+  int expand_of(int a) {
+    Shape sh = ref(a).shape;
+    const int lead = chance(0.3) ? pick(1, 2) : 0;
+    if (lead == 0 && std::find(sh.begin(), sh.end(), 1) == sh.end()) {
+      lang::Stmt u;
+      u.kind = lang::Kind::unsqueeze;
+      u.args = {a};
+      u.dim = pick(0, static_cast<int>(sh.size()));
+      a = emit_view(u);
+      if (a < 0) return -1;
+      sh = ref(a).shape;
+    }
+    Shape to;
+    for (int i = 0; i < lead; ++i) to.push_back(chance(0.05) ? 0 : pick(1, 4));
+    for (int64_t e : sh) to.push_back(e == 1 && chance(0.7) ? (chance(0.05) ? 0 : pick(2, 5)) : chance(0.5) ? -1 : e);
+    lang::Stmt s;
+    s.kind = lang::Kind::expand;
+    s.args = {a};
+    s.ints = to;
+    return emit_view(s);
+  }
+
+  // cat of a and one or two more along a dim: a itself, a fresh leaf of another extent there, or
+  // a slice of a.
+  int cat_of(int a) {
+    const Shape sh = ref(a).shape;
+    const DType t = ref(a).dtype;
+    const int r = static_cast<int>(sh.size());
+    if (r == 0 || refb::numel(sh) > 4096) return -1;
+    const int d = pick(0, r - 1);
+    lang::Stmt s;
+    s.kind = lang::Kind::cat;
+    s.args = {a};
+    for (int k = pick(1, 2); k > 0; --k) {
+      switch (pick(0, 2)) {
+        case 0: s.args.push_back(a); break;
+        case 1: {
+          Shape other = sh;
+          other[static_cast<std::size_t>(d)] = pick(0, 3);
+          s.args.push_back(leaf_of(t, other));
+          break;
+        }
+        default: {
+          lang::Stmt sl;
+          sl.kind = lang::Kind::slice;
+          sl.args = {a};
+          sl.dim = d;
+          sl.ints = {pick(0, static_cast<int>(sh[static_cast<std::size_t>(d)])), std::numeric_limits<int64_t>::max(), pick(1, 2)};
+          s.args.push_back(emit(sl));
+          break;
+        }
+      }
+    }
+    if (chance(0.5)) std::swap(s.args[0], s.args.back());
+    s.dim = chance(0.3) ? d - r : d;
+    return emit_view(s);
   }
 
   // A comparison (of any dtype but a boolean with a scalar), then often a selection by it: a row
