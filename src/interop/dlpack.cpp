@@ -8,7 +8,6 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
-#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -65,84 +64,6 @@ class Imported {
 
  private:
   DLManagedTensor* m_;
-};
-
-// A queue of our own for deleters that must wait for device work (see DLPackStorage). Leaked on
-// purpose, like the default streams: it must outlive every tensor, static ones included.
-detail::StreamImpl& release_queue() {
-  static auto* queue = new std::shared_ptr<detail::StreamImpl>(detail::create_stream(Device::cpu()));
-  return **queue;
-}
-
-// The memory of an imported DLManagedTensor. Its deleter hands the memory back to the producer, which
-// may reuse it at once, so it runs when the last Tensor viewing the memory is gone AND the work defer
-// queued on it has finished: the work of the stream that was current at import (where ops on the
-// tensor are queued unless the caller says otherwise) and of every stream the memory was marked as
-// used on (a wait on another stream, record_stream), as for the allocator's own blocks. When that
-// work is still running, the deleter runs later on a queue of ours; the host never blocks.
-class DLPackStorage final : public detail::Storage {
- public:
-  DLPackStorage(void* base, std::size_t nbytes, DLManagedTensor* m, std::shared_ptr<detail::StreamImpl> stream)
-      : Storage(base, nbytes), managed_(m) {
-    streams_.push_back(std::move(stream));
-  }
-
-  ~DLPackStorage() override {
-    try {
-      release_after_running_work();
-    } catch (...) {
-      // No memory to arrange it: wait here for every stream instead, rather than leak or release early.
-      for (const auto& s : streams_) {
-        try {
-          s->synchronize();
-        } catch (...) {
-          // A failed stream's work is over either way.
-        }
-      }
-      call_deleter(managed_);
-    }
-  }
-
-  void record_use(detail::StreamImpl& stream) override {
-    std::lock_guard lock(mutex_);
-    for (const auto& s : streams_)
-      if (s.get() == &stream) return;
-    streams_.push_back(stream.shared_from_this());
-  }
-
- private:
-  // Calls the deleter now when every stream is idle, else queues it behind events on the busy ones.
-  // Throws only before anything was queued.
-  void release_after_running_work() {
-    std::vector<std::shared_ptr<detail::EventImpl>> running;
-    for (const auto& s : streams_) {
-      bool idle = true;
-      try {
-        idle = s->query();  // idle: what it ran with the memory is over
-      } catch (const Error&) {
-        // A failed stream: its work is over either way.
-      }
-      if (!idle) running.push_back(s->record());
-    }
-    if (running.empty()) {
-      call_deleter(managed_);
-      return;
-    }
-    detail::enqueue_cpu(release_queue(), [running = std::move(running), m = managed_] {
-      for (const auto& e : running) {
-        try {
-          e->synchronize();
-        } catch (...) {
-          // A failed task ended that stream's use of the memory too.
-        }
-      }
-      call_deleter(m);
-    });
-  }
-
-  DLManagedTensor* managed_;
-  std::mutex mutex_;
-  std::vector<std::shared_ptr<detail::StreamImpl>> streams_;  // [0]: current at import
 };
 
 std::string code_str(const DLDataType& t) {
@@ -277,8 +198,10 @@ Tensor from_dlpack(DLManagedTensor* m) {
   // The storage starts at the lowest address the view reaches (negative strides reach below the
   // first element), so that storage_offset puts data_ptr() on the first element.
   char* base = first + reach.lowest * esize;
-  auto storage = std::make_shared<DLPackStorage>(base, static_cast<std::size_t>(nbytes), m,
-                                                 detail::current_stream_impl(device));
+  // The deleter hands the memory back to the producer: it runs once the last Tensor viewing it is
+  // gone and the work defer queued on it has finished (runtime/storage.hpp).
+  auto storage = std::make_shared<detail::ExternalStorage>(base, static_cast<std::size_t>(nbytes),
+                                                           [m] { call_deleter(m); }, detail::current_stream_impl(device));
   owned.release();  // the storage calls the deleter from now on
   return detail::wrap_storage(std::move(storage), std::move(shape), std::move(strides), -reach.lowest, dtype, device);
 }

@@ -11,7 +11,6 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
-#include <mutex>
 #include <span>
 #include <stdexcept>
 #include <system_error>
@@ -76,50 +75,6 @@ class Mapping {
   std::size_t size_;
 };
 
-// The mapping as the loaded CPU tensors' storage. Unmapping is not stream ordered as a pool block's
-// free is, so, like the allocator's blocks, it waits for the work queued on the streams that may
-// read the mapping: the CPU stream current at load (where ops on the tensors are queued unless the
-// caller says otherwise) and each stream record_use marks (a wait on another stream, record_stream).
-// When the last tensor is gone and those streams are idle, it unmaps at once; otherwise each busy
-// stream gets a task that holds the mapping, and the last of those to finish unmaps it. The host
-// never blocks (CPU tensors are only ever used on CPU streams; any other stream is waited for).
-class MappedFile final : public detail::Storage {
- public:
-  MappedFile(void* base, std::size_t size, std::shared_ptr<Mapping> mapping, std::shared_ptr<detail::StreamImpl> stream)
-      : Storage(base, size), mapping_(std::move(mapping)) {
-    streams_.push_back(std::move(stream));
-  }
-  ~MappedFile() override {
-    for (const auto& s : streams_) {
-      try {
-        if (s->query()) continue;  // idle: what it ran with the mapping is over
-        if (s->device().is_cpu()) detail::enqueue_cpu(*s, [hold = mapping_] {});
-        else s->synchronize();
-      } catch (...) {
-        // A failed stream's work is over; with no memory to queue the task, wait for it here instead.
-        try {
-          s->synchronize();
-        } catch (...) {
-        }
-      }
-    }
-  }  // mapping_ is released here: unmapped now, or by the last task holding it
-  MappedFile(const MappedFile&) = delete;
-  MappedFile& operator=(const MappedFile&) = delete;
-
-  void record_use(detail::StreamImpl& stream) override {
-    std::lock_guard lock(mutex_);
-    for (const auto& s : streams_)
-      if (s.get() == &stream) return;
-    streams_.push_back(stream.shared_from_this());
-  }
-
- private:
-  std::shared_ptr<Mapping> mapping_;
-  std::mutex mutex_;
-  std::vector<std::shared_ptr<detail::StreamImpl>> streams_;
-};
-
 // The whole file, mapped private: copy-on-write, so writes through a loaded tensor's data pointer
 // land in private pages (they never fault and never change the file). MAP_NORESERVE: a writable
 // private mapping is otherwise charged in full against the commit limit, which would refuse files
@@ -137,7 +92,7 @@ std::shared_ptr<detail::Storage> map_file(const std::string& path) {
   const auto size = static_cast<std::size_t>(st.st_size);
   std::shared_ptr<detail::StreamImpl> stream = detail::current_stream_impl(Device::cpu());
   // An empty file cannot be mapped; parse() reports it as truncated.
-  if (size == 0) return std::make_shared<MappedFile>(nullptr, 0, nullptr, std::move(stream));
+  if (size == 0) return std::make_shared<detail::ExternalStorage>(nullptr, 0, nullptr, std::move(stream));
   void* base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd.get(), 0);
   if (base == MAP_FAILED) io_fail(op, "map", path, errno);
   std::shared_ptr<Mapping> mapping;
@@ -147,7 +102,10 @@ std::shared_ptr<detail::Storage> map_file(const std::string& path) {
     ::munmap(base, size);
     throw;
   }
-  return std::make_shared<MappedFile>(base, size, std::move(mapping), std::move(stream));
+  // Unmapped when the last tensor viewing it is gone and the work queued on those tensors has
+  // finished (runtime/storage.hpp): the release drops the last reference to the mapping.
+  return std::make_shared<detail::ExternalStorage>(base, size, [mapping]() mutable { mapping.reset(); },
+                                                   std::move(stream));
 }
 
 std::span<const unsigned char> bytes_of(const detail::Storage& s) {
