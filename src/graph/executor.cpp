@@ -88,7 +88,16 @@ Tensor launch_integer(const OpSpec& spec, const std::vector<Tensor>& inputs, DTy
   return out;
 }
 
-Tensor dense(const OpSpec& spec, const Tensor& t, std::size_t operand, StreamImpl& stream, const char* why);
+// A contiguous copy of `t` when it is strided, for kernels that read dense rows: a counted launch,
+// which DEFER_LOG explains.
+Tensor dense(const OpSpec& spec, const Tensor& t, std::size_t operand, StreamImpl& stream, const char* why) {
+  if (t.is_contiguous()) return t;
+  if (launch_log_enabled())
+    std::fprintf(stderr, "defer: launch contiguous(%s strides %s) for operand %zu of %s on %s stream %llu (%s)\n",
+                 shape_str(t.shape()).c_str(), shape_str(t.strides()).c_str(), operand + 1, op_name(spec).c_str(),
+                 stream.device().str().c_str(), static_cast<unsigned long long>(stream.id()), why);
+  return contiguous_copy(t, stream);
+}
 
 // How the reductions, softmax and layer_norm read x around `dim`: in place through its strides when
 // the dims around dim collapse to one stride each side (graph/shape_rules.hpp: strided_axis); else
@@ -161,29 +170,14 @@ std::optional<std::string> launch_kernel(const OpSpec& spec, const std::vector<T
       }
       return std::nullopt;
     }
-    case OpKind::view:
-    case OpKind::copy:
     case OpKind::index_select:
     case OpKind::embedding: return launch_index(spec, x, in[1], out, stream);
+    case OpKind::view:
+    case OpKind::copy:
     case OpKind::elementwise:
     case OpKind::to_device: break;
   }
   throw std::logic_error(std::string("launch_kernel: ") + op_name(spec) + " is not a kernel of its own");
-}
-
-}  // namespace
-
-namespace {
-
-// A contiguous copy of `t` when it is strided, for kernels that read dense rows: a counted launch,
-// which DEFER_LOG explains.
-Tensor dense(const OpSpec& spec, const Tensor& t, std::size_t operand, StreamImpl& stream, const char* why) {
-  if (t.is_contiguous()) return t;
-  if (launch_log_enabled())
-    std::fprintf(stderr, "defer: launch contiguous(%s strides %s) for operand %zu of %s on %s stream %llu (%s)\n",
-                 shape_str(t.shape()).c_str(), shape_str(t.strides()).c_str(), operand + 1, op_name(spec).c_str(),
-                 stream.device().str().c_str(), static_cast<unsigned long long>(stream.id()), why);
-  return contiguous_copy(t, stream);
 }
 
 // A view: no launch, the input's storage under a new layout. Only a reshape that no strides can
