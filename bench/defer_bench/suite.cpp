@@ -17,6 +17,7 @@ std::vector<Workload> standard_suite(const Options& options, defer::Device devic
   add_elementwise_workloads(all, options.quick, device);
   add_reduction_workloads(all, options.quick, device);
   add_matmul_workloads(all, options.quick, device);
+  add_view_workloads(all, options.quick, device);
   add_transformer_workloads(all, blocks, device);
   std::erase_if(all, [&](const Workload& w) {
     return !options.filter.empty() && (w.name + "/" + w.size).find(options.filter) == std::string::npos;

@@ -37,6 +37,7 @@ std::vector<Workload> standard_suite(const Options& options, defer::Device devic
 void add_elementwise_workloads(std::vector<Workload>& out, bool quick, defer::Device device);
 void add_reduction_workloads(std::vector<Workload>& out, bool quick, defer::Device device);
 void add_matmul_workloads(std::vector<Workload>& out, bool quick, defer::Device device);
+void add_view_workloads(std::vector<Workload>& out, bool quick, defer::Device device);
 void add_transformer_workloads(std::vector<Workload>& out, const std::vector<BlockSize>& sizes, defer::Device device);
 
 // A tensor of `shape` on `device` with values uniform in [offset - scale, offset + scale], from a
