@@ -108,7 +108,8 @@ kernels::FusedLayout make_fused_layout(const Shape& out, const std::vector<Shape
   bool flat_inputs = true;
   for (std::size_t i = 0; i < inputs.size() && flat_inputs; ++i)
     flat_inputs = inputs[i] == out && input_strides[i].empty();
-  if (flat_inputs) {
+  // No elements (the other extents may multiply past int64): one empty dim, nothing is read.
+  if (flat_inputs || numel_of(out) == 0) {
     kernels::FusedLayout flat;
     const int64_t n = numel_of(out);
     flat.ndim = n == 1 ? 0 : 1;

@@ -52,9 +52,10 @@ Shape contiguous_strides(const Shape& shape) {
 }
 
 bool is_contiguous(const Shape& shape, const Shape& strides) noexcept {
+  // No elements: any strides describe them (and the other extents may multiply past int64).
+  if (std::find(shape.begin(), shape.end(), 0) != shape.end()) return true;
   int64_t step = 1;
   for (std::size_t d = shape.size(); d-- > 0;) {
-    if (shape[d] == 0) return true;  // no elements: any strides describe them
     if (shape[d] == 1) continue;
     if (strides[d] != step) return false;
     step *= shape[d];
