@@ -282,7 +282,21 @@ TEST_P(DLPackDevices, ForeignStridedTensorsImportInPlace) {
         EXPECT_EQ(static_cast<const char*>(t.data_ptr()), static_cast<const char*>(memory.data_ptr()) + c.first * esize)
             << "data_ptr() must be the first element";
         EXPECT_EQ(t.storage_offset(), c.first - c.lowest) << "the storage starts at the lowest address reached";
-        EXPECT_EQ(to_vector(t), expected_view(c.shape, strides, c.first, dt));
+        const std::vector<float> want = expected_view(c.shape, strides, c.first, dt);
+        EXPECT_EQ(to_vector(t), want);
+        if (dt == DType::f32 && !c.shape.empty()) {
+          // Kernels read the negative and zero strides in place: an element-wise op, a reduction.
+          std::vector<float> negated(want.size()), row_sums;
+          for (std::size_t i = 0; i < want.size(); ++i) negated[i] = -want[i];
+          const auto row = static_cast<std::size_t>(c.shape.back());
+          for (std::size_t r = 0; row > 0 && r < want.size() / row; ++r) {
+            float total = 0;
+            for (std::size_t j = 0; j < row; ++j) total += want[r * row + j];  // small integers: exact
+            row_sums.push_back(total);
+          }
+          EXPECT_EQ(to_vector(wait(neg(t))), negated);
+          EXPECT_EQ(to_vector(wait(sum(t, -1))), row_sums);
+        }
         EXPECT_EQ(deleted.load(), 0);
       }
       EXPECT_EQ(deleted.load(), 1);
