@@ -114,6 +114,18 @@ template <class T>
   else return BF16{DTypeTag<DType::bf16>::store(x)};
 }
 
+// dst[0:W] = src[0:count] as float, zero-padded: one unit-stride run of a packed panel. A full run
+// (the common case) has a compile-time length, which the compiler unrolls and vectorizes.
+template <int W, class T>
+[[gnu::always_inline]] inline void load_run(const T* src, std::int64_t count, float* dst) {
+  if (count == W) {
+    for (int i = 0; i < W; ++i) dst[i] = load(src[i]);
+    return;
+  }
+  for (std::int64_t i = 0; i < count; ++i) dst[i] = load(src[i]);
+  for (std::int64_t i = count; i < W; ++i) dst[i] = 0.f;
+}
+
 // A[0:mc, 0:kc] (element (i, p) at a[i * rs + p * cs], rs or cs 1) into MR-row panels as float,
 // zero-padded to a multiple of MR rows. Either way the source is read along its unit stride.
 template <int MR, class T>
@@ -131,14 +143,7 @@ template <int MR, class T>
         for (std::int64_t p = 0; p < kc; ++p) panel[p * MR + r] = 0.f;
     } else {  // column-major (a transposed view): columns of A are contiguous
       for (std::int64_t p = 0; p < kc; ++p) {
-        const T* acol = a + p * cs + i0;
-        float* dst = panel + p * MR;
-        if (rows == MR) {
-          for (int r = 0; r < MR; ++r) dst[r] = load(acol[r]);
-        } else {
-          for (std::int64_t r = 0; r < rows; ++r) dst[r] = load(acol[r]);
-          for (std::int64_t r = rows; r < MR; ++r) dst[r] = 0.f;
-        }
+        load_run<MR>(a + p * cs + i0, rows, panel + p * MR);
       }
     }
   }
@@ -154,14 +159,7 @@ template <int NR, class T>
     float* panel = bp + j0 * kc;
     if (cs == 1) {  // row-major: rows of B are contiguous
       for (std::int64_t p = 0; p < kc; ++p) {
-        const T* brow = b + p * rs + j0;
-        float* dst = panel + p * NR;
-        if (cols == NR) {
-          for (int j = 0; j < NR; ++j) dst[j] = load(brow[j]);
-        } else {
-          for (std::int64_t j = 0; j < cols; ++j) dst[j] = load(brow[j]);
-          for (std::int64_t j = cols; j < NR; ++j) dst[j] = 0.f;
-        }
+        load_run<NR>(b + p * rs + j0, cols, panel + p * NR);
       }
     } else {  // column-major (a transposed view): columns of B are contiguous
       for (std::int64_t j = 0; j < cols; ++j) {
