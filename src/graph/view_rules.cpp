@@ -5,6 +5,7 @@
 
 #include "graph/shape_rules.hpp"
 #include "op_table.hpp"
+#include "strided_copy.hpp"
 #include "runtime/tensor_impl.hpp"
 
 namespace defer::detail {
@@ -57,23 +58,13 @@ Shape resolve_shape(ViewOp op, const Shape& in, const Shape& requested) {
 // The kernels index at most kMaxDims dims once the dims that step over each other are merged: a
 // view with more is refused at the call, where the error belongs, not by whatever reads it later.
 Strided checked_rank(ViewOp op, Strided out) {
-  if (out.shape.size() <= static_cast<std::size_t>(kernels::kMaxDims)) return out;
-  int dims = 0;
-  int64_t inner_stride = 0, inner_extent = 0;  // of the last dim counted
-  for (std::size_t d = out.shape.size(); d-- > 0;) {
-    if (out.shape[d] == 1) continue;
-    if (out.shape[d] == 0) return out;  // no elements: nothing is ever indexed
-    if (dims > 0 && out.strides[d] == inner_stride * inner_extent) {
-      inner_extent *= out.shape[d];
-      continue;
-    }
-    ++dims;
-    inner_stride = out.strides[d];
-    inner_extent = out.shape[d];
+  if (out.shape.size() <= static_cast<std::size_t>(kernels::kMaxDims) || numel_of(out.shape) == 0) return out;
+  try {
+    kernels::make_copy_layout(out.shape, out.strides, out.strides);  // merges as every kernel does
+  } catch (const std::invalid_argument& e) {
+    fail(op, "the result " + shape_str(out.shape) + " (strides " + shape_str(out.strides) +
+                 ") is beyond what the kernels index (" + e.what() + ")");
   }
-  if (dims > kernels::kMaxDims)
-    fail(op, "the result " + shape_str(out.shape) + " (strides " + shape_str(out.strides) + ") has " + std::to_string(dims) +
-                 " dims that do not merge; at most " + std::to_string(kernels::kMaxDims) + " are supported");
   return out;
 }
 
