@@ -62,10 +62,8 @@ Tensor contiguous_copy(const Tensor& t, StreamImpl& stream) {
   return out;
 }
 
-Tensor copy_to_device(const Tensor& strided_src, const Shape& shape, Device device, StreamImpl& dst_stream) {
-  if (strided_src.device() == device) return strided_src;
-  // A device copy moves one dense span: a strided source is gathered on its own device first.
-  const Tensor src = contiguous_copy(strided_src, *current_stream_impl(strided_src.device()));
+Tensor copy_to_device(const Tensor& src, const Shape& shape, Device device, StreamImpl& dst_stream) {
+  if (src.device() == device) return src;
   Tensor out = allocate_tensor(shape, src.dtype(), dst_stream, "to");
   StreamImpl& src_stream = *current_stream_impl(src.device());
   if (src.device().is_cpu()) {

@@ -27,7 +27,8 @@ void copy_blocking(void* dst, const void* src, std::size_t bytes, Device src_dev
 Tensor contiguous_copy(const Tensor& t, StreamImpl& stream);
 
 // src on `device` (src itself when it is there already), queued on dst_stream (a stream of
-// `device`) and ordered after src's producer on the current stream of src's device.
+// `device`) and ordered after src's producer on the current stream of src's device. A copy between
+// devices moves one dense span: src must be contiguous (the executor gathers a strided one first).
 Tensor copy_to_device(const Tensor& src, const Shape& shape, Device device, StreamImpl& dst_stream);
 
 }  // namespace defer::detail
