@@ -18,8 +18,9 @@ the tables. The inputs are drawn from torch's generator, not defer-bench's, so c
 each mode is checked against torch eager instead (exit status 1 on a mismatch).
 
 The transformer block is written the usual way (one [hidden, hidden] projection per Q, K, V and
-output, heads split by view/transpose). defer-bench writes it with per-head weights because defer
-has no reshape; the two are mathematically identical and do the same FLOPs.
+output, heads split by view/transpose), as defer-bench's `transformer`. The workloads are defined in
+bench/peer_workloads.py, shared with bench/cpu_compare.py (the CPU comparison with numpy, jax.jit
+and a hand-written loop as well, in one table of ratios).
 
 Kernel launches per step (CUDA only) are counted once per mode, outside the timed steps, with
 torch.profiler: the host's kernel-launch calls (cudaLaunchKernel, cuLaunchKernel for Triton) and
@@ -31,10 +32,8 @@ import datetime
 import json
 import math
 import os
-import platform
 import socket
 import sys
-import time
 
 MODES = ("eager", "compile", "compile+cudagraphs")
 
@@ -87,127 +86,16 @@ def parse_args(argv):
     return args
 
 
-# ---- workloads: the same ops, in the same order, as bench/defer_bench/elementwise.cpp and
-# transformer.cpp.
-
-def chain8(x, y):
-    t = x * 0.9
-    t = t + y
-    t = torch.relu(t)
-    t = t + 0.1
-    t = t * 0.5
-    t = t + y
-    t = torch.relu(t)
-    return t * 0.75
-
-
-def chain8_mix(x, y):
-    t = x * 0.9
-    t = t + y
-    t = torch.relu(t)
-    t = t + 0.1
-    t = torch.sigmoid(t)
-    t = t * 1.5
-    t = torch.tanh(t)
-    return t + y
-
-
-def encoder_block(x, w, heads):
-    """Pre-norm encoder block: x + attention(layer_norm(x)), then + mlp(layer_norm(.))."""
-    batch, seq, hidden = x.shape
-    head_dim = hidden // heads
-    h = F.layer_norm(x, (hidden,), w["ln1_gamma"], w["ln1_beta"], eps=1e-5)
-
-    def split(t):  # [batch, seq, hidden] -> [batch, heads, seq, head_dim]
-        return t.view(batch, seq, heads, head_dim).transpose(1, 2)
-
-    q = split(h @ w["wq"] + w["bq"])
-    k = split(h @ w["wk"] + w["bk"])
-    v = split(h @ w["wv"] + w["bv"])
-    scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(head_dim))
-    p = torch.softmax(scores, dim=-1)
-    o = (p @ v).transpose(1, 2).reshape(batch, seq, hidden)
-    x2 = x + (o @ w["wo"] + w["bo"])
-    up = F.gelu(F.layer_norm(x2, (hidden,), w["ln2_gamma"], w["ln2_beta"], eps=1e-5) @ w["w1"] + w["c1"])
-    return x2 + (up @ w["w2"] + w["c2"])
-
-
-def uniform(shape, scale, device, gen, offset=0.0):
-    return ((torch.rand(shape, generator=gen, dtype=torch.float32) * 2 - 1) * scale + offset).to(device)
-
-
-class Workload:
-    def __init__(self, name, size, fn, make_inputs, bytes_per_step=0.0, flops_per_step=0.0):
-        self.name, self.size, self.fn, self.make_inputs = name, size, fn, make_inputs
-        self.bytes_per_step, self.flops_per_step = bytes_per_step, flops_per_step
-
-
 def standard_suite(args, device):
-    suite = []
-    chain_sizes = (12, 16) if args.quick else (12, 16, 20, 22)
-    mix_sizes = (12,) if args.quick else (12, 16, 20)
-    for name, fn, exponents in (("chain8", chain8, chain_sizes), ("chain8_mix", chain8_mix, mix_sizes)):
-        for e in exponents:
-            n = 1 << e
-
-            def inputs(n=n):
-                gen = torch.Generator().manual_seed(11)
-                return (uniform((n,), 1.0, device, gen), uniform((n,), 1.0, device, gen))
-
-            suite.append(Workload(name, "2^%d" % e, fn, inputs, bytes_per_step=3.0 * n * 4))
-    for (b, s, h, heads) in args.blocks:
-        def inputs(b=b, s=s, h=h):
-            gen = torch.Generator().manual_seed(7)
-            a, m = 1.0 / math.sqrt(h), 1.0 / math.sqrt(4 * h)
-            w = {
-                "ln1_gamma": uniform((h,), 0.1, device, gen, 1.0), "ln1_beta": uniform((h,), 0.1, device, gen),
-                "ln2_gamma": uniform((h,), 0.1, device, gen, 1.0), "ln2_beta": uniform((h,), 0.1, device, gen),
-                "wq": uniform((h, h), a, device, gen), "wk": uniform((h, h), a, device, gen),
-                "wv": uniform((h, h), a, device, gen), "wo": uniform((h, h), a, device, gen),
-                "bq": uniform((h,), 0.1, device, gen), "bk": uniform((h,), 0.1, device, gen),
-                "bv": uniform((h,), 0.1, device, gen), "bo": uniform((h,), 0.1, device, gen),
-                "w1": uniform((h, 4 * h), a, device, gen), "c1": uniform((4 * h,), 0.1, device, gen),
-                "w2": uniform((4 * h, h), m, device, gen), "c2": uniform((h,), 0.1, device, gen),
-            }
-            return (uniform((b, s, h), 1.0, device, gen), w)
-
-        def block(x, w, heads=heads):
-            return encoder_block(x, w, heads)
-
-        flops = float(b * s) * h * (24.0 * h + 4.0 * s)  # as defer-bench counts them
-        suite.append(Workload("transformer", "%dx%dx%d/%dh" % (b, s, h, heads), block, inputs, flops_per_step=flops))
-    return [w for w in suite if not args.filter or args.filter in w.name + "/" + w.size]
-
-
-# ---- timing
-
-class StepTimer:
-    """One step, synchronization included: CUDA events on the current stream on a GPU (the stream is
-    idle at the first event, so the span covers the host's work too), perf_counter on the CPU."""
-
-    def __init__(self, device):
-        self.cuda = device.type == "cuda"
-        if self.cuda:
-            self.start = torch.cuda.Event(enable_timing=True)
-            self.stop = torch.cuda.Event(enable_timing=True)
-        self.t0 = 0.0
-
-    def begin(self):
-        if self.cuda:
-            self.start.record()
-        else:
-            self.t0 = time.perf_counter()
-
-    def end_seconds(self):
-        if self.cuda:
-            self.stop.record()
-            self.stop.synchronize()
-            return self.start.elapsed_time(self.stop) * 1e-3
-        return time.perf_counter() - self.t0
+    """defer-bench's element-wise chains and transformer block (bench/peer_workloads.py)."""
+    return [w for w in peer_workloads.defer_bench_suite(args.quick, device, args.blocks, args.filter)
+            if w.name in ("chain8", "chain8_mix", "transformer")]
 
 
 def make_step(workload, mode, inputs):
-    fn = workload.fn
+    def fn(*a):
+        return workload.fn(peer_workloads.TorchOps, *a)
+
     if mode == "compile":
         fn = torch.compile(fn, dynamic=False)
     elif mode == "compile+cudagraphs":
@@ -246,19 +134,6 @@ def count_launches(step, device):
         return None, None
 
 
-def max_relative_error(got, want):
-    """max |got - want| / max |want|, as defer-bench computes it; inf for a NaN/inf/shape mismatch."""
-    got, want = got.double().flatten(), want.double().flatten()
-    if got.shape != want.shape or not torch.equal(torch.isfinite(got), torch.isfinite(want)):
-        return math.inf
-    finite = torch.isfinite(want)
-    worst = (got[finite] - want[finite]).abs().max().item() if finite.any() else 0.0
-    if worst == 0:
-        return 0.0
-    scale = want[finite].abs().max().item()
-    return worst / scale if scale > 0 else math.inf
-
-
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -271,38 +146,19 @@ def run_workload(workload, args, device, timer):
     inputs = workload.make_inputs()
     runs = []
     for mode in args.modes:
-        run = {"mode": mode, "failed": False, "per_step": [], "steps": 1, "first": None, "out": None}
+        run = {"name": mode, "mode": mode, "keep": lambda out: out.detach().clone()}
         try:
             run["step"] = make_step(workload, mode, inputs)
-            step_s = 0.0
-            for i in range(args.warmup):  # compilation and graph capture happen here
-                timer.begin()
-                out = run["step"]()
-                step_s = timer.end_seconds()
-                if i == 0:
-                    run["first"] = out.detach().clone()
-            run["steps"] = int(min(max(math.ceil(args.repeat_ms * 1e-3 / max(step_s, 1e-7)), 1), 100000))
-            run["launches"], run["graphs"] = count_launches(run["step"], device)
-        except Exception as e:  # reported; the other modes still run
+        except Exception as e:
             print("pytorch_compare: %s %s %s failed: %s" % (workload.name, workload.size, mode, e), file=sys.stderr)
             run["failed"] = True
         runs.append(run)
-    # Repeats interleaved across the modes, so that load changes hit every mode alike.
-    for _ in range(args.repeats):
-        for run in runs:
-            if run["failed"]:
-                continue
-            try:
-                total = 0.0
-                for _ in range(run["steps"]):
-                    timer.begin()
-                    run["step"]()
-                    total += timer.end_seconds()
-                run["per_step"].append(total / run["steps"])
-            except Exception as e:
-                print("pytorch_compare: %s %s %s failed: %s" % (workload.name, workload.size, run["mode"], e),
-                      file=sys.stderr)
-                run["failed"] = True
+
+    def launches(run):
+        run["launches"], run["graphs"] = count_launches(run["step"], device)
+
+    peer_workloads.time_runs(runs, args.warmup, args.repeats, args.repeat_ms, timer,
+                             "pytorch_compare: %s %s" % (workload.name, workload.size), after_warmup=launches)
     reference = runs[0]["first"]
     results = []
     eager_median = 0.0
@@ -312,10 +168,7 @@ def run_workload(workload, args, device, timer):
              "launches": run.get("launches"), "graphs": run.get("graphs"), "bytes_per_second": 0.0,
              "flops_per_second": 0.0, "max_rel_error": math.inf}
         if not run["failed"] and run["per_step"]:
-            times = sorted(run["per_step"])
-            n = len(times)
-            r["median_s"] = times[n // 2] if n % 2 else 0.5 * (times[n // 2 - 1] + times[n // 2])
-            r["min_s"], r["max_s"] = times[0], times[-1]
+            r["median_s"], r["min_s"], r["max_s"] = peer_workloads.median_min_max(run["per_step"])
             if workload.bytes_per_step:
                 r["bytes_per_second"] = workload.bytes_per_step / r["median_s"]
             if workload.flops_per_step:
@@ -323,7 +176,8 @@ def run_workload(workload, args, device, timer):
             out = run["step"]().detach().clone()  # one more step, outside the timing, for the check
             sync(device)
             if reference is not None:
-                r["max_rel_error"] = max_relative_error(out.cpu(), reference.cpu())
+                r["max_rel_error"] = peer_workloads.max_relative_error(out.double().cpu().numpy(),
+                                                                       reference.double().cpu().numpy())
             r["checksum"] = out.double().sum().item()
         if run["mode"] == "eager":
             eager_median = r["median_s"]
@@ -334,16 +188,6 @@ def run_workload(workload, args, device, timer):
 
 
 # ---- the table, in defer-bench's format (bench/defer_bench/report_table.cpp)
-
-def fmt_duration(s):
-    if s <= 0:
-        return "-"
-    for scale, unit, limit in ((1e6, "us", 1e-3), (1e3, "ms", 1.0), (1.0, "s", math.inf)):
-        if s < limit:
-            v = s * scale
-            return "%.*f %s" % (0 if v >= 100 else 1 if v >= 10 else 2, v, unit)
-    return "-"
-
 
 def fmt_error(e):
     if math.isinf(e):
@@ -377,8 +221,8 @@ def print_table(ctx, results, out=sys.stdout):
     header = ["workload", "size", "mode", "median", "[min, max]", "vs eager", "launches", "graphs", "throughput", "err"]
     rows = []
     for r in results:
-        rows.append([r["workload"], r["size"], r["mode"], fmt_duration(r["median_s"]),
-                     "[%s, %s]" % (fmt_duration(r["min_s"]), fmt_duration(r["max_s"])),
+        rows.append([r["workload"], r["size"], r["mode"], peer_workloads.fmt_duration(r["median_s"]),
+                     "[%s, %s]" % (peer_workloads.fmt_duration(r["min_s"]), peer_workloads.fmt_duration(r["max_s"])),
                      "%.2fx" % r["speedup"] if r["speedup"] > 0 else "-", fmt_count(r["launches"]),
                      fmt_count(r["graphs"]), fmt_throughput(r),
                      fmt_error(r["max_rel_error"]) + ("" if r["matches"] else " MISMATCH")])
@@ -426,24 +270,15 @@ def device_name(device):
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
         return "%s (sm_%d%d)" % (p.name, p.major, p.minor)
-    model = platform.processor() or "CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return "%s, %d threads" % (model, os.cpu_count() or 0)
+    return peer_workloads.cpu_name()
 
 
 def main(argv):
     args = parse_args(argv)
-    global torch, F
+    global torch, peer_workloads
     try:
         import torch
-        import torch.nn.functional as F
+        import peer_workloads  # next to this file; imports torch too
     except ImportError:
         print("pytorch_compare: PyTorch is not installed (pip install torch)", file=sys.stderr)
         return 1
@@ -471,7 +306,7 @@ def main(argv):
     if not suite:
         print("pytorch_compare: no workload matches --filter %r" % args.filter, file=sys.stderr)
         return 2
-    timer = StepTimer(device)
+    timer = peer_workloads.StepTimer(device)
     ctx = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
            "host_name": socket.gethostname(), "executable": sys.argv[0], "num_cpus": os.cpu_count(),
            "framework": "pytorch " + torch.__version__, "device": str(device), "device_name": device_name(device),

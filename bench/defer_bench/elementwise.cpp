@@ -74,7 +74,7 @@ void add_elementwise_workloads(std::vector<Workload>& out, bool quick, defer::De
   for (int e : quick ? std::vector<int>(small.begin(), small.end()) : std::vector<int>(full.begin(), full.end()))
     out.push_back(make_chain("chain8", "8 cheap element-wise ops on x[n], y[n] (mul, add, relu, x + y)", e, device,
                              chain8));
-  for (int e : quick ? std::vector<int>{12} : std::vector<int>{12, 16, 20})
+  for (int e : quick ? std::vector<int>{12} : std::vector<int>{12, 16, 20, 22})
     out.push_back(make_chain("chain8_mix", "8 element-wise ops on x[n], y[n] with sigmoid and tanh", e, device,
                              chain8_mix));
   // Half precision, and f32 at the same size for the ratio, at 2^24 on a GPU (bound by memory).
